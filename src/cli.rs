@@ -1,0 +1,183 @@
+//! The command line: `prefork serve` and `prefork check`, with every option also readable from
+//! a config file and from `PREFORK_*` environment variables.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::Error;
+use crate::config::{Config, Source};
+
+/// A multi-worker prefork HTTP server: a master process binds the sockets and supervises
+/// worker processes that serve HTTP/1.1 and HTTP/2 with tokio and hyper.
+#[derive(Parser, Debug)]
+#[command(
+    name = "prefork",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the master and its workers and serve until stopped by a signal.
+    Serve(ServeArgs),
+    /// Validate the configuration `serve` would use (options, environment, config file, root
+    /// directory) without binding or starting anything; exit 0 when valid, 2 otherwise.
+    Check(ServeArgs),
+}
+
+/// The options of `serve` and `check`. Each one can also be set in the config file under its
+/// name with underscores (`graceful_timeout = "10s"`) and in the environment as
+/// `PREFORK_NAME`. Precedence: defaults < config file < environment < command line.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several.
+    /// [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]
+    #[arg(
+        short,
+        long,
+        value_name = "ADDR",
+        env = "PREFORK_BIND",
+        value_delimiter = ','
+    )]
+    bind: Vec<String>,
+
+    /// Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]
+    #[arg(short, long, value_name = "N", env = "PREFORK_WORKERS")]
+    workers: Option<String>,
+
+    /// Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one.
+    /// [default: 1]
+    #[arg(long, value_name = "N", env = "PREFORK_THREADS")]
+    threads: Option<String>,
+
+    /// How long a graceful stop (TERM) may take before what is left is cut. Durations are
+    /// written 30, 30s, 500ms, 2m or 1h. [default: 30s]
+    #[arg(long, value_name = "DUR", env = "PREFORK_GRACEFUL_TIMEOUT")]
+    graceful_timeout: Option<String>,
+
+    /// Length of each listener's accept queue. [default: 2048]
+    #[arg(long, value_name = "N", env = "PREFORK_BACKLOG")]
+    backlog: Option<String>,
+
+    /// How long an idle keep-alive connection waits for its next request; also bounds how
+    /// long a client may take to send request headers. 0 turns keep-alive off. [default: 5s]
+    #[arg(long, value_name = "DUR", env = "PREFORK_KEEPALIVE")]
+    keepalive: Option<String>,
+
+    /// How long a draining worker keeps idle keep-alive connections open for a request that
+    /// may already be on its way (served with Connection: close). [default: 1s]
+    #[arg(long, value_name = "DUR", env = "PREFORK_LINGER")]
+    linger: Option<String>,
+
+    /// Directory served by the built-in static file app. [default: .]
+    #[arg(long, value_name = "DIR", env = "PREFORK_ROOT")]
+    root: Option<String>,
+
+    /// Most verbose level logged: error, warn, info, debug or trace. [default: info]
+    #[arg(long, value_name = "LEVEL", env = "PREFORK_LOG_LEVEL")]
+    log_level: Option<String>,
+
+    /// TOML config file whose keys are the option names above.
+    #[arg(short, long, value_name = "FILE", env = "PREFORK_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// What the command line asks for.
+pub(crate) enum Action {
+    Serve(Config),
+    Check(Config),
+}
+
+/// How parsing ended when it does not end in an [`Action`].
+pub(crate) enum Exit {
+    /// `--help` or `--version`: already printed, exit 0.
+    Printed,
+    /// Bad input: the one-line message to print, exit status 2.
+    Usage(String),
+}
+
+/// The clap definition, for generating man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Parses the command line and the layers under it into a validated [`Config`].
+pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, Exit> {
+    let matches = match Cli::command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => return Err(clap_exit(e)),
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(clap_exit)?;
+    let (name, sub) = matches
+        .subcommand()
+        .expect("clap requires a subcommand (subcommand_required is set by derive)");
+    let args = match &cli.command {
+        Command::Serve(args) | Command::Check(args) => args,
+    };
+    let config = load(args, sub).map_err(|e| Exit::Usage(e.to_string()))?;
+    Ok(if name == "check" {
+        Action::Check(config)
+    } else {
+        Action::Serve(config)
+    })
+}
+
+fn load(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, Error> {
+    let mut config = Config::default();
+    config.apply_platform_env()?;
+    if let Some(path) = &args.config {
+        config.apply_file(path)?;
+    }
+    // Environment first, then the command line, whatever order clap lists the ids in.
+    for wanted in [ValueSource::EnvVariable, ValueSource::CommandLine] {
+        for id in matches.ids().map(|id| id.as_str()) {
+            if id == "config" || matches.value_source(id) != Some(wanted) {
+                continue;
+            }
+            // Derive also lists the argument group of the struct itself, which holds ids.
+            let Ok(Some(values)) = matches.try_get_many::<String>(id) else {
+                continue;
+            };
+            let values: Vec<String> = values.cloned().collect();
+            let source = match wanted {
+                ValueSource::EnvVariable => {
+                    Source::Env(format!("PREFORK_{}", id.to_ascii_uppercase()))
+                }
+                _ => Source::Cli(id.replace('_', "-")),
+            };
+            config.set_all(id, &values, &source)?;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn clap_exit(err: clap::Error) -> Exit {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // Help goes to stdout, or stderr for a missing subcommand; clap knows which.
+            let _ = err.print();
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                return Exit::Usage("a subcommand is required: serve or check".to_string());
+            }
+            Exit::Printed
+        }
+        _ => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            Exit::Usage(format!("{first} (see prefork --help)"))
+        }
+    }
+}

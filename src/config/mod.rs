@@ -1,0 +1,364 @@
+//! The server's settings, and how layers of them (defaults, config file, environment, command
+//! line) are merged with every value remembering where it came from.
+
+mod source;
+pub(crate) mod value;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use source::Source;
+
+use crate::Error;
+
+/// An address the master listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindAddr {
+    /// A TCP address; port 0 asks the kernel for a free port, shared by every worker.
+    Tcp(std::net::SocketAddr),
+    /// A unix domain socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Everything a prefork server runs with.
+///
+/// Build one with [`Config::default`] and the setters, or let [`crate::main`] read it from the
+/// command line, the environment and a config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) bind: Vec<BindAddr>,
+    pub(crate) bind_source: Source,
+    pub(crate) workers: usize,
+    pub(crate) threads: usize,
+    pub(crate) graceful_timeout: Duration,
+    pub(crate) backlog: u32,
+    pub(crate) keepalive: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) root: PathBuf,
+    pub(crate) root_source: Source,
+    pub(crate) log_level: tracing::Level,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: vec![BindAddr::Tcp(([127, 0, 0, 1], 8000).into())],
+            bind_source: Source::Default,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: 1,
+            graceful_timeout: Duration::from_secs(30),
+            backlog: 2048,
+            keepalive: Duration::from_secs(5),
+            linger: Duration::from_secs(1),
+            root: PathBuf::from("."),
+            root_source: Source::Default,
+            log_level: tracing::Level::INFO,
+        }
+    }
+}
+
+impl Config {
+    /// Addresses to listen on. Default: `127.0.0.1:8000`.
+    pub fn bind(mut self, addrs: impl IntoIterator<Item = BindAddr>) -> Self {
+        self.bind = addrs.into_iter().collect();
+        self.bind_source = Source::Api;
+        self
+    }
+
+    /// Number of worker processes. Default: the number of CPUs. Values below 1 count as 1.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Runtime threads per worker: 1 runs a current-thread tokio runtime, more a multi-thread
+    /// one. Default: 1. Values below 1 count as 1.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
+        self
+    }
+
+    /// How long a graceful stop may take, from the master's receipt of the signal until what is
+    /// left is cut. Default: 30 s.
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// Length of the kernel's accept queue for each listener. Default: 2048.
+    pub fn backlog(mut self, n: u32) -> Self {
+        self.backlog = n.max(1);
+        self
+    }
+
+    /// How long an idle HTTP/1 keep-alive connection waits for its next request (this also
+    /// bounds how long a client may take to send request headers). Zero turns keep-alive off.
+    /// Default: 5 s.
+    pub fn keepalive(mut self, idle: Duration) -> Self {
+        self.keepalive = idle;
+        self
+    }
+
+    /// How long a draining worker keeps idle HTTP/1 keep-alive connections open for a request
+    /// that may already be on its way; such a request is served with `Connection: close`.
+    /// Never extends past the graceful timeout. Default: 1 s.
+    pub fn linger(mut self, window: Duration) -> Self {
+        self.linger = window;
+        self
+    }
+
+    /// Directory the built-in static file app serves. Default: `.`.
+    pub fn root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.root = dir.into();
+        self.root_source = Source::Api;
+        self
+    }
+
+    /// Most verbose level logged. Default: `info`.
+    pub fn log_level(mut self, level: tracing::Level) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    /// The directory the built-in static file app serves.
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Number of worker processes the master keeps running.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+    }
+
+    /// Sets one option from its text form, exactly as a config file or the command line would:
+    /// `set("graceful_timeout", "10s")`. Unknown options and bad values are errors that name the
+    /// option and `source`.
+    pub fn set(&mut self, key: &str, value: &str, source: &Source) -> Result<(), Error> {
+        self.set_all(key, &[value.to_string()], source)
+    }
+
+    /// Like [`Config::set`] for options that take a list (`bind`); the list replaces what was
+    /// there. Single-valued options take the last value.
+    pub(crate) fn set_all(
+        &mut self,
+        key: &str,
+        values: &[String],
+        source: &Source,
+    ) -> Result<(), Error> {
+        let Some(last) = values.last() else {
+            return Ok(());
+        };
+        let invalid = |value: &str, reason: String| {
+            Error::config(format!(
+                "invalid value '{value}' for {key} ({source}): {reason}"
+            ))
+        };
+        let one = |parse: &dyn Fn(&str) -> Result<u64, String>| {
+            parse(last).map_err(|reason| invalid(last, reason))
+        };
+        match key {
+            "bind" => {
+                let mut addrs = Vec::new();
+                for value in values {
+                    addrs.extend(value::bind(value).map_err(|reason| invalid(value, reason))?);
+                }
+                self.bind = addrs;
+                self.bind_source = source.clone();
+            }
+            "workers" => self.workers = one(&|v| value::count(v, 1))? as usize,
+            "threads" => self.threads = one(&|v| value::count(v, 1))? as usize,
+            "backlog" => {
+                self.backlog = one(&|v| value::count(v, 1))?.min(i32::MAX as u64) as u32;
+            }
+            "graceful_timeout" => self.graceful_timeout = millis(one(&duration_ms)?),
+            "keepalive" => self.keepalive = millis(one(&duration_ms)?),
+            "linger" => self.linger = millis(one(&duration_ms)?),
+            "root" => {
+                self.root = PathBuf::from(last);
+                self.root_source = source.clone();
+            }
+            "log_level" => {
+                self.log_level = value::log_level(last).map_err(|reason| invalid(last, reason))?;
+            }
+            _ => {
+                return Err(Error::config(format!("unknown option '{key}' ({source})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the defaults that come from the environment for drop-in use: `WEB_CONCURRENCY`
+    /// for `workers` and `PORT` for `bind` (`0.0.0.0:$PORT`). A config file, `PREFORK_*`
+    /// variables and the command line all override them.
+    pub(crate) fn apply_platform_env(&mut self) -> Result<(), Error> {
+        if let Ok(n) = std::env::var("WEB_CONCURRENCY") {
+            self.set("workers", &n, &Source::Env("WEB_CONCURRENCY".into()))?;
+        }
+        if let Ok(port) = std::env::var("PORT") {
+            let source = Source::Env("PORT".into());
+            value::count(&port, 0)
+                .ok()
+                .filter(|p| *p <= u64::from(u16::MAX))
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "invalid value '{port}' for PORT ({source}): expected a port number"
+                    ))
+                })?;
+            self.set("bind", &format!("0.0.0.0:{port}"), &source)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML config file whose keys are the option names (`graceful_timeout = "10s"`,
+    /// `bind = ["127.0.0.1:8000", "unix:/run/app.sock"]`).
+    pub(crate) fn apply_file(&mut self, path: &Path) -> Result<(), Error> {
+        let source = Source::File(path.to_path_buf());
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let reason = e.message().to_string();
+            let line = e
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1));
+            match line {
+                Some(line) => Error::config(format!(
+                    "config file {} line {line}: {reason}",
+                    path.display()
+                )),
+                None => Error::config(format!("config file {}: {reason}", path.display())),
+            }
+        })?;
+        for (key, item) in &table {
+            let values = toml_strings(item).ok_or_else(|| {
+                Error::config(format!(
+                    "invalid value for {key} ({source}): expected a string, a number or a list of strings"
+                ))
+            })?;
+            self.set_all(key, &values, &source)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what can only be checked against the machine, not the text of one value.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !self.root.is_dir() {
+            return Err(Error::config(format!(
+                "root directory '{}' ({}) does not exist or is not a directory",
+                self.root.display(),
+                self.root_source
+            )));
+        }
+        if self.bind.is_empty() {
+            return Err(Error::config(format!(
+                "no address to listen on ({})",
+                self.bind_source
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn duration_ms(text: &str) -> Result<u64, String> {
+    value::duration(text).map(|d| d.as_millis() as u64)
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn toml_strings(item: &toml::Value) -> Option<Vec<String>> {
+    match item {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Integer(n) => Some(vec![n.to_string()]),
+        toml::Value::Boolean(b) => Some(vec![b.to_string()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_values_are_applied() {
+        let f = file(
+            "workers = 3\ngraceful_timeout = \"10s\"\nbind = [\"127.0.0.1:1\", \"unix:/tmp/x\"]\n",
+        );
+        let mut cfg = Config::default();
+        cfg.apply_file(f.path()).unwrap();
+        assert_eq!(cfg.workers, 3);
+        assert_eq!(cfg.graceful_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.bind.len(), 2);
+        assert_eq!(cfg.bind_source, Source::File(f.path().to_path_buf()));
+    }
+
+    #[test]
+    fn errors_name_option_and_source() {
+        let f = file("workers = \"many\"\n");
+        let err = Config::default().apply_file(f.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_config());
+        assert!(
+            msg.contains("workers") && msg.contains("config file"),
+            "{msg}"
+        );
+
+        let f = file("wrokers = 3\n");
+        let msg = Config::default()
+            .apply_file(f.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown option 'wrokers'"), "{msg}");
+
+        let f = file("workers = [\n");
+        let msg = Config::default()
+            .apply_file(f.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        let msg = Config::default()
+            .set("keepalive", "soon", &Source::Cli("keepalive".into()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid value 'soon' for keepalive (from --keepalive): expected a duration such as 30, 30s, 500ms, 2m or 1h"
+        );
+    }
+
+    #[test]
+    fn later_layers_replace_bind_lists() {
+        let mut cfg = Config::default();
+        let cli = Source::Cli("bind".into());
+        cfg.set_all("bind", &["127.0.0.1:1".into(), "127.0.0.1:2".into()], &cli)
+            .unwrap();
+        cfg.set("bind", "127.0.0.1:3", &cli).unwrap();
+        assert_eq!(
+            cfg.bind,
+            vec![BindAddr::Tcp("127.0.0.1:3".parse().unwrap())]
+        );
+    }
+}

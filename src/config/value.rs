@@ -1,0 +1,127 @@
+//! Parsers for option values: one per kind of value, each returning a message fit to follow
+//! "invalid value 'X' for OPTION (SOURCE): ".
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::BindAddr;
+
+/// A duration: a whole number with an optional unit `ms`, `s` (the default), `m` or `h`.
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let expected = || "expected a duration such as 30, 30s, 500ms, 2m or 1h".to_string();
+    let n: u64 = digits.parse().map_err(|_| expected())?;
+    let scale_ms = match unit.trim() {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(expected()),
+    };
+    n.checked_mul(scale_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| "duration is too large".to_string())
+}
+
+/// A whole number no smaller than `min`.
+pub(crate) fn count(text: &str, min: u64) -> Result<u64, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a whole number".to_string())?;
+    if n < min {
+        return Err(format!("must be at least {min}"));
+    }
+    Ok(n)
+}
+
+/// An address to listen on: `HOST:PORT`, `[V6]:PORT` or `unix:PATH`.
+///
+/// Host names are resolved once, here, and every address they resolve to is bound.
+pub(crate) fn bind(text: &str) -> Result<Vec<BindAddr>, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a socket path".to_string());
+        }
+        return Ok(vec![BindAddr::Unix(PathBuf::from(path))]);
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![BindAddr::Tcp(addr)]);
+    }
+    if !text.contains(':') {
+        return Err("expected HOST:PORT, [V6]:PORT or unix:PATH".to_string());
+    }
+    let addrs: Vec<BindAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .map(BindAddr::Tcp)
+        .collect();
+    if addrs.is_empty() {
+        return Err("resolves to no address".to_string());
+    }
+    Ok(addrs)
+}
+
+/// One of the levels `tracing` knows.
+pub(crate) fn log_level(text: &str) -> Result<tracing::Level, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected one of error, warn, info, debug, trace".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1", "1.5s", "10 parsecs", "3d"] {
+            assert!(duration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(duration("99999999999999999h").is_err());
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(count("3", 1), Ok(3));
+        assert!(count("0", 1).is_err());
+        assert!(count("-2", 0).is_err());
+        assert!(count("three", 0).is_err());
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(
+            bind("127.0.0.1:8000"),
+            Ok(vec![BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())])
+        );
+        assert_eq!(
+            bind("[::1]:0"),
+            Ok(vec![BindAddr::Tcp("[::1]:0".parse().unwrap())])
+        );
+        assert_eq!(
+            bind("unix:/tmp/p.sock"),
+            Ok(vec![BindAddr::Unix("/tmp/p.sock".into())])
+        );
+        for bad in [
+            "unix:",
+            "8000",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "nohost.invalid:80",
+        ] {
+            assert!(bind(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! prefork: a multi-worker prefork HTTP server for any tower service.
+//!
+//! A master process binds the listening sockets and forks worker processes that share them;
+//! each worker runs its own tokio runtime and serves HTTP/1.1 and HTTP/2 (cleartext) with
+//! hyper. The master supervises the workers: graceful stop with a deadline, quick stop, crash
+//! recovery, scaling. Stopping never loses a request the server accepted and never hangs.
+//!
+//! Hand prefork a factory for your service instead of calling `axum::serve`:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     // Parses `serve` / `check`, the config file and PREFORK_* variables, then runs.
+//!     prefork::main(|_worker| Router::new().route("/", get(|| async { "Hello" })))
+//! }
+//! ```
+//!
+//! The factory runs in every worker after the fork, inside the worker's runtime. Call
+//! [`main`] (or [`Server::serve`]) from a plain `fn main`, before any thread or async runtime
+//! exists: the master forks, and a fork from a multi-threaded process is unsafe.
+
+pub mod app;
+mod cli;
+mod config;
+mod control;
+mod drain;
+mod error;
+pub mod exit;
+mod log;
+mod master;
+mod worker;
+
+use std::process::ExitCode;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+pub use cli::command;
+pub use config::{BindAddr, Config, Source};
+pub use drain::Drain;
+pub use error::Error;
+
+/// The error type a service or body may return: anything hyper can report.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service prefork can serve: a cloneable tower service from `Request<Incoming>` to a
+/// response with an HTTP body. `axum::Router`, `tower_http::services::ServeDir` and
+/// `hyper_util::service::TowerToHyperService`-style stacks all are.
+pub trait AppService:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> AppService for S
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+}
+
+/// What the application factory gets in each worker.
+pub struct WorkerContext {
+    id: usize,
+    drain: Drain,
+    config: Config,
+}
+
+impl WorkerContext {
+    /// The worker's slot number, from 1; a replacement for a dead worker takes the same one.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The worker's drain handle, for background tasks that should stop when it drains.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// A prefork server, ready to bind and run.
+pub struct Server {
+    config: Config,
+}
+
+impl Server {
+    /// A server that runs with `config`.
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// Binds the listeners, forks the workers, and supervises them until a signal stops the
+    /// server. `factory` builds the service in each worker, after the fork; if it panics, the
+    /// worker fails to boot and, at startup, the whole server stops with [`Error::is_boot`].
+    ///
+    /// Returns `Ok(())` after a graceful or quick stop. Must be called while the process has
+    /// a single thread.
+    pub fn serve<F, S>(self, factory: F) -> Result<(), Error>
+    where
+        F: Fn(&WorkerContext) -> S,
+        S: AppService,
+    {
+        log::init(self.config.log_level);
+        self.config.validate()?;
+        let listeners = master::listeners::bind_all(&self.config)?;
+        let boot = |handoff| worker::run(handoff, &factory);
+        master::Master::new(self.config, listeners, &boot)?.run()
+    }
+}
+
+/// The whole command line: parses `serve` or `check` with their options, the config file and
+/// the environment, then serves with `factory`. Bad input prints one line and returns exit
+/// status 2 (see [`exit`] for the others).
+pub fn main<F, S>(factory: F) -> ExitCode
+where
+    F: Fn(&WorkerContext) -> S,
+    S: AppService,
+{
+    let fail = |message: &dyn std::fmt::Display, code: u8| {
+        eprintln!("prefork: error: {message}");
+        ExitCode::from(code)
+    };
+    match cli::parse(std::env::args_os()) {
+        Err(cli::Exit::Printed) => ExitCode::SUCCESS,
+        Err(cli::Exit::Usage(message)) => fail(&message, exit::USAGE),
+        Ok(cli::Action::Check(config)) => {
+            println!(
+                "prefork: configuration is valid: {} worker(s) on {}",
+                config.workers,
+                config
+                    .bind
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Action::Serve(config)) => match Server::new(config).serve(factory) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, e.exit_code()),
+        },
+    }
+}

@@ -1,0 +1,427 @@
+//! The master process: binds nothing itself (that happened before), forks the workers and
+//! supervises them in a single-threaded loop that never touches tokio.
+//!
+//! Each turn of the loop runs small idempotent steps — read signals, reap children, read worker
+//! messages, kill what is overdue, converge the worker count — and then sleeps in `poll` until
+//! a signal, a worker message or the next timer. State converges even when signals coalesce,
+//! because no step depends on how many signals arrived, only on what is true now.
+
+pub(crate) mod listeners;
+mod signals;
+mod workers;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, getpid};
+use std::os::fd::AsFd;
+use tracing::{debug, error, info, warn};
+
+use crate::Error;
+use crate::config::Config;
+use crate::control::{self, Received, ToMaster, ToWorker};
+use crate::exit;
+use crate::worker::Handoff;
+use listeners::Listener;
+use signals::Signals;
+pub(crate) use signals::unblock_in_child;
+use workers::{Slot, Worker, WorkerExit};
+
+/// How long workers told to quit get before they are killed.
+const QUICK_GRACE: Duration = Duration::from_secs(1);
+/// How long after its own deadline a draining worker is killed: it cuts its connections at the
+/// deadline and exits, this is only the backstop.
+const KILL_SLACK: Duration = Duration::from_millis(100);
+/// Workers dying before any worker was ever ready, after which the master gives up.
+const MAX_BOOT_ATTEMPTS: u32 = 5;
+/// The longest the loop sleeps without a reason to wake.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// The function a forked child runs as its whole life; it returns the exit status.
+pub(crate) type Boot<'a> = &'a dyn Fn(Handoff) -> u8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Graceful,
+    Quick,
+}
+
+pub(crate) struct Master<'a> {
+    config: Config,
+    listeners: Vec<Listener>,
+    socket_files: Vec<PathBuf>,
+    boot: Boot<'a>,
+    /// `None` only in a forked child, which closes it.
+    signals: Option<Signals>,
+    workers: Vec<Worker>,
+    /// Restart state per slot; slot `n` (numbered from 1) is `slots[n - 1]`.
+    slots: Vec<Slot>,
+    target: usize,
+    stopping: Option<Stop>,
+    ever_ready: bool,
+    announced_ready: bool,
+    boot_failures: u32,
+    boot_error: Option<Error>,
+}
+
+impl<'a> Master<'a> {
+    pub(crate) fn new(
+        config: Config,
+        listeners: Vec<Listener>,
+        boot: Boot<'a>,
+    ) -> Result<Self, Error> {
+        let signals =
+            Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))?;
+        let socket_files = listeners::socket_files(&listeners);
+        Ok(Self {
+            target: config.workers,
+            config,
+            listeners,
+            socket_files,
+            boot,
+            signals: Some(signals),
+            workers: Vec::new(),
+            slots: Vec::new(),
+            stopping: None,
+            ever_ready: false,
+            announced_ready: false,
+            boot_failures: 0,
+            boot_error: None,
+        })
+    }
+
+    /// Runs until every worker is gone after a stop, or until workers fail to boot.
+    pub(crate) fn run(mut self) -> Result<(), Error> {
+        for listener in &self.listeners {
+            info!("listening on {}", listener.describe());
+        }
+        info!(
+            "master (pid {}) starting {} worker(s)",
+            getpid(),
+            self.target
+        );
+        loop {
+            self.handle_signals();
+            self.reap();
+            self.read_messages();
+            self.kill_overdue();
+            if let Some(err) = self.boot_error.take() {
+                self.abort_workers();
+                listeners::remove_socket_files(&self.socket_files);
+                return Err(err);
+            }
+            if self.stopping.is_some() && self.workers.is_empty() {
+                break;
+            }
+            self.converge();
+            self.sleep();
+        }
+        listeners::remove_socket_files(&self.socket_files);
+        info!("master (pid {}) stopped", getpid());
+        Ok(())
+    }
+
+    fn handle_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let pending = signals.pending();
+        let now = Instant::now();
+        for sig in pending {
+            match sig {
+                Signal::SIGTERM => self.on_term(now),
+                Signal::SIGINT | Signal::SIGQUIT => self.on_quit(now, sig),
+                Signal::SIGTTIN => self.on_ttin(),
+                Signal::SIGTTOU => self.on_ttou(),
+                // Children are reaped on every turn, whatever woke the loop.
+                Signal::SIGCHLD => {}
+                other => info!("ignoring {other}"),
+            }
+        }
+    }
+
+    fn on_term(&mut self, now: Instant) {
+        match self.stopping {
+            None => {
+                info!(
+                    "SIGTERM: graceful stop, deadline in {:?}",
+                    self.config.graceful_timeout
+                );
+                self.begin_stop(Stop::Graceful, now);
+            }
+            Some(Stop::Graceful) => {
+                info!("second SIGTERM during a graceful stop: stopping quickly");
+                self.begin_stop(Stop::Quick, now);
+            }
+            Some(Stop::Quick) => {}
+        }
+    }
+
+    fn on_quit(&mut self, now: Instant, sig: Signal) {
+        if self.stopping != Some(Stop::Quick) {
+            info!("{sig}: quick stop");
+            self.begin_stop(Stop::Quick, now);
+        }
+    }
+
+    fn on_ttin(&mut self) {
+        if self.stopping.is_none() {
+            self.target += 1;
+            info!("SIGTTIN: {} worker(s) wanted", self.target);
+        }
+    }
+
+    fn on_ttou(&mut self) {
+        if self.stopping.is_none() && self.target > 1 {
+            self.target -= 1;
+            info!("SIGTTOU: {} worker(s) wanted", self.target);
+        }
+    }
+
+    fn begin_stop(&mut self, kind: Stop, now: Instant) {
+        self.stopping = Some(kind);
+        // Workers hold their own copies of the listening sockets; each socket closes when the
+        // last draining worker lets go of it.
+        self.listeners.clear();
+        let msg = match kind {
+            Stop::Graceful => ToWorker::Drain {
+                deadline: now + self.config.graceful_timeout,
+            },
+            Stop::Quick => ToWorker::Quit,
+        };
+        for worker in &mut self.workers {
+            tell(worker, msg, now);
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, WorkerExit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, WorkerExit::Signal(sig)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) | Ok(_) => continue,
+                Err(e) => {
+                    error!("waitpid failed: {e}");
+                    return;
+                }
+            };
+            self.on_exit(pid, status);
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, status: WorkerExit) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            debug!("reaped process {pid}, not a worker");
+            return;
+        };
+        let worker = self.workers.swap_remove(index);
+        let slot = worker.slot;
+        if worker.leaving {
+            info!("worker {slot} (pid {pid}) {status}");
+            return;
+        }
+        error!("worker {slot} (pid {pid}) {status} unexpectedly");
+        if !worker.ready && !self.ever_ready {
+            self.boot_failures += 1;
+            if status == WorkerExit::Code(i32::from(exit::BOOT_FAILED)) {
+                self.boot_error = Some(Error::boot(format!(
+                    "worker {slot} failed to boot: the application could not be built"
+                )));
+            } else if self.boot_failures >= MAX_BOOT_ATTEMPTS {
+                self.boot_error = Some(Error::boot(format!(
+                    "{} workers died before any became ready; giving up",
+                    self.boot_failures
+                )));
+            }
+        }
+        if let Some(slot_state) = self.slots.get_mut(slot - 1) {
+            let delay = slot_state.died(Instant::now() - worker.started);
+            if !delay.is_zero() {
+                info!("worker {slot} died soon after start: restarting it in {delay:?}");
+            }
+        }
+    }
+
+    fn read_messages(&mut self) {
+        let now = Instant::now();
+        for worker in &mut self.workers {
+            while let Some(fd) = &worker.control {
+                match control::recv::<ToMaster>(fd) {
+                    Received::Message(ToMaster::Ready) => {
+                        worker.ready = true;
+                        worker.last_beat = now;
+                        self.ever_ready = true;
+                        info!("worker {} (pid {}) ready", worker.slot, worker.pid);
+                    }
+                    Received::Message(ToMaster::Heartbeat) => worker.last_beat = now,
+                    Received::Closed => worker.control = None,
+                    Received::Empty => break,
+                }
+            }
+        }
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.ready && !w.leaving)
+            .count();
+        if !self.announced_ready && self.stopping.is_none() && ready >= self.target {
+            self.announced_ready = true;
+            info!("all {ready} worker(s) ready");
+        }
+    }
+
+    fn kill_overdue(&mut self) {
+        let now = Instant::now();
+        for worker in &mut self.workers {
+            match worker.kill_at {
+                Some(at) if now >= at && !worker.killed => {
+                    warn!(
+                        "worker {} (pid {}) still running at its deadline: killing it",
+                        worker.slot, worker.pid
+                    );
+                    worker.killed = kill(worker.pid, Signal::SIGKILL).is_ok();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the set of serving workers to the target: drains workers in slots above it and
+    /// starts a worker in every empty slot whose restart delay has passed.
+    fn converge(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let deadline = now + self.config.graceful_timeout;
+        for worker in &mut self.workers {
+            if worker.slot > self.target && !worker.leaving {
+                info!(
+                    "worker {} (pid {}) draining: fewer workers wanted",
+                    worker.slot, worker.pid
+                );
+                tell(worker, ToWorker::Drain { deadline }, now);
+            }
+        }
+        if self.slots.len() < self.target {
+            self.slots.resize_with(self.target, Slot::default);
+        }
+        for slot in 1..=self.target {
+            let occupied = self.workers.iter().any(|w| w.slot == slot && !w.leaving);
+            if !occupied && self.slots[slot - 1].due(now) {
+                self.spawn(slot);
+            }
+        }
+    }
+
+    fn spawn(&mut self, slot: usize) {
+        let (master_end, worker_end) = match control::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                error!("cannot create a control channel for worker {slot}: {e}");
+                self.slots[slot - 1].retry_later(Instant::now());
+                return;
+            }
+        };
+        let master_pid = getpid();
+        // SAFETY: the master is single-threaded (it never starts a thread and never runs
+        // tokio), so the child is a faithful copy with no lock held by a vanished thread.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                drop(worker_end);
+                info!("worker {slot} (pid {child}) spawned");
+                self.slots[slot - 1].filled();
+                self.workers.push(Worker::new(slot, child, master_end));
+            }
+            Ok(ForkResult::Child) => {
+                // Master-only descriptors go first: a worker holding a sibling's control
+                // channel would hide that sibling's EOF when the master dies.
+                drop(master_end);
+                self.signals = None;
+                self.workers.clear();
+                let handoff = Handoff {
+                    slot,
+                    master: master_pid,
+                    control: worker_end,
+                    listeners: std::mem::take(&mut self.listeners),
+                    config: self.config.clone(),
+                };
+                let code = (self.boot)(handoff);
+                std::process::exit(i32::from(code));
+            }
+            Err(e) => {
+                error!("cannot fork worker {slot}: {e}");
+                self.slots[slot - 1].retry_later(Instant::now());
+            }
+        }
+    }
+
+    fn sleep(&mut self) {
+        let now = Instant::now();
+        let mut wake = now + MAX_SLEEP;
+        for worker in &self.workers {
+            if let Some(at) = worker.kill_at.filter(|_| !worker.killed) {
+                wake = wake.min(at);
+            }
+        }
+        if self.stopping.is_none() {
+            for slot in self.slots.iter().take(self.target) {
+                if let Some(at) = slot.respawn_at() {
+                    wake = wake.min(at.max(now));
+                }
+            }
+        }
+        // Round up so that the loop does not wake a hair early and spin.
+        let ms = (wake
+            .saturating_duration_since(now)
+            .as_micros()
+            .div_ceil(1000)) as u16;
+        let Some(signals) = &self.signals else {
+            return;
+        };
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        for worker in &self.workers {
+            if let Some(fd) = &worker.control {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => error!("poll failed: {e}"),
+        }
+    }
+
+    /// Boot failed: nothing is worth draining, since no worker ever served.
+    fn abort_workers(&mut self) {
+        for worker in &self.workers {
+            let _ = kill(worker.pid, Signal::SIGKILL);
+        }
+        for worker in self.workers.drain(..) {
+            let _ = waitpid(worker.pid, None);
+        }
+    }
+}
+
+/// Sends `msg` and records that the worker is on its way out, with the moment to kill it.
+fn tell(worker: &mut Worker, msg: ToWorker, now: Instant) {
+    let (fallback, kill_at) = match msg {
+        ToWorker::Drain { deadline } => (Signal::SIGTERM, deadline + KILL_SLACK),
+        ToWorker::Quit => (Signal::SIGQUIT, now + QUICK_GRACE),
+    };
+    let sent = worker
+        .control
+        .as_ref()
+        .is_some_and(|fd| control::send(fd, &msg.encode()));
+    if !sent {
+        // The worker treats these signals as the same requests, with its own clock for the
+        // deadline; the master's SIGKILL still bounds it.
+        let _ = kill(worker.pid, fallback);
+    }
+    worker.leaving = true;
+    worker.kill_at = Some(worker.kill_at.map_or(kill_at, |at| at.min(kill_at)));
+}

@@ -1,0 +1,68 @@
+//! The master reads signals synchronously from a `signalfd`: they are blocked, so none
+//! interrupts the loop or runs a handler, and several arriving at once are simply read in turn.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// Every signal the master acts on or deliberately ignores. Being blocked, none of them can
+/// kill it by its default action.
+const HANDLED: [Signal; 11] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCHLD,
+    Signal::SIGALRM,
+];
+
+pub(crate) struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Blocks the handled signals and opens the signalfd that reports them.
+    pub(crate) fn install() -> nix::Result<Self> {
+        let mask = handled();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Self { fd })
+    }
+
+    /// Every signal pending now, in arrival order.
+    pub(crate) fn pending(&mut self) -> Vec<Signal> {
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                out.push(sig);
+            }
+        }
+        out
+    }
+}
+
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// In a freshly forked worker: unblock everything the master blocked, so the worker's own
+/// handlers (and default actions) apply again.
+pub(crate) fn unblock_in_child() -> nix::Result<()> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+fn handled() -> SigSet {
+    let mut mask = SigSet::empty();
+    for sig in HANDLED {
+        mask.add(sig);
+    }
+    mask
+}

@@ -1,0 +1,128 @@
+//! Accepting connections on the inherited listeners, and taking what is queued when the drain
+//! begins.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tracing::{error, warn};
+
+use super::{Shared, connection};
+use crate::AppService;
+use crate::master::listeners::Listener as Bound;
+
+/// After a failed accept that is not one client's doing (out of descriptors, out of memory),
+/// how long to wait before trying again instead of spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Accepts until the drain begins, then accepts everything already in the kernel's queue — the
+/// clients that connected before the drain are served, not reset — and lets go of the socket.
+pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: Arc<Shared>) {
+    loop {
+        let result = tokio::select! {
+            biased;
+            () = shared.drain.draining() => break,
+            result = listener.accept() => result,
+        };
+        match result {
+            Ok(stream) => stream.serve(service.clone(), &shared),
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                error!("accept failed: {e}");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+            }
+        }
+    }
+    loop {
+        match listener.take_queued() {
+            Ok(Some(stream)) => stream.serve(service.clone(), &shared),
+            Ok(None) => break,
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                warn!("accepting queued connections at drain: {e}");
+                break;
+            }
+        }
+    }
+}
+
+/// An accepted connection.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn serve<S: AppService>(self, service: S, shared: &Arc<Shared>) {
+        match self {
+            Stream::Tcp(stream) => connection::spawn(stream, service, shared),
+            Stream::Unix(stream) => connection::spawn(stream, service, shared),
+        }
+    }
+}
+
+impl Listener {
+    /// Registers an inherited listener with the worker's runtime.
+    pub(crate) fn adopt(bound: Bound) -> io::Result<Self> {
+        Ok(match bound {
+            Bound::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Bound::Unix(l, _) => Listener::Unix(UnixListener::from_std(l)?),
+        })
+    }
+
+    async fn accept(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let (stream, _) = l.accept().await?;
+                // Responses are written whole; Nagle's delay would only add latency.
+                stream.set_nodelay(true)?;
+                Stream::Tcp(stream)
+            }
+            Listener::Unix(l) => Stream::Unix(l.accept().await?.0),
+        })
+    }
+
+    /// Accepts one queued connection without waiting; `None` when the queue is empty. This
+    /// asks the kernel directly: the runtime's readiness flag may not yet know of a connection
+    /// that arrived just before the drain.
+    fn take_queued(&self) -> io::Result<Option<Stream>> {
+        let accepted = match self {
+            Listener::Tcp(l) => SockRef::from(l).accept(),
+            Listener::Unix(l) => SockRef::from(l).accept(),
+        };
+        let socket = match accepted {
+            Ok((socket, _)) => socket,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        socket.set_nonblocking(true)?;
+        Ok(Some(match self {
+            Listener::Tcp(_) => {
+                socket.set_tcp_nodelay(true)?;
+                Stream::Tcp(TcpStream::from_std(socket.into())?)
+            }
+            Listener::Unix(_) => Stream::Unix(UnixStream::from_std(socket.into())?),
+        }))
+    }
+}
+
+/// Errors that concern one connection that went away while being accepted; the listener is
+/// fine.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(
+            nix::errno::Errno::ECONNABORTED
+                | nix::errno::Errno::EINTR
+                | nix::errno::Errno::EPROTO
+                | nix::errno::Errno::EPERM
+        )
+    )
+}

@@ -1,0 +1,55 @@
+//! Serving one connection, and draining it without losing a request that is on its way.
+
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::Shared;
+use super::service::HyperService;
+use super::tracked::Tracked;
+use crate::AppService;
+
+/// Serves `io` on its own task. The socket counts as open work until it is closed, even if it
+/// is upgraded and handed to the application.
+pub(crate) fn spawn<IO, S>(io: IO, service: S, shared: &Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AppService,
+{
+    let io = TokioIo::new(Tracked::new(io, shared.tracker.token()));
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { serve(io, service, shared).await });
+}
+
+async fn serve<IO, S>(io: TokioIo<Tracked<IO>>, service: S, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AppService,
+{
+    let service = HyperService::new(service, shared.drain.clone());
+    let conn = shared.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return finished(result),
+        () = shared.drain.draining() => {}
+    }
+    // Closing an idle keep-alive connection now would race a client that is already sending
+    // its next request on it: the request would meet a reset. For a short while, answer such a
+    // request instead (with Connection: close, added by the service) and only then close what
+    // is still idle. A request in flight at the end of the window still completes.
+    tokio::select! {
+        result = conn.as_mut() => return finished(result),
+        () = tokio::time::sleep_until(shared.linger_until().into()) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    finished(conn.await);
+}
+
+fn finished(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        // Clients that reset or time out are routine; nothing here is the server's failure.
+        debug!("connection ended: {e}");
+    }
+}

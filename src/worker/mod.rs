@@ -1,0 +1,270 @@
+//! A worker process: what a forked child does from its first instruction to its exit.
+
+mod accept;
+mod channel;
+mod connection;
+mod service;
+mod stop;
+mod tracked;
+
+use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::unistd::{Pid, getppid};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::control::ToMaster;
+use crate::master::listeners::Listener as Bound;
+use crate::{AppService, Drain, WorkerContext, exit};
+use accept::Listener;
+use channel::Channel;
+use stop::{Stop, Stops};
+
+/// hyper's limit on reading request headers when keep-alive is off (with keep-alive on, the
+/// keep-alive timeout is the limit).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the master hands a newly forked worker.
+pub(crate) struct Handoff {
+    pub(crate) slot: usize,
+    pub(crate) master: Pid,
+    pub(crate) control: OwnedFd,
+    pub(crate) listeners: Vec<Bound>,
+    pub(crate) config: Config,
+}
+
+/// State every connection of the worker shares.
+pub(crate) struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    drain: Drain,
+    /// Counts open sockets, upgraded ones included.
+    tracker: TaskTracker,
+    /// End of the window in which idle keep-alive connections are still answered; set just
+    /// before the drain handle fires.
+    linger_until: OnceLock<Instant>,
+}
+
+impl Shared {
+    fn linger_until(&self) -> Instant {
+        self.linger_until
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now)
+    }
+}
+
+/// Runs the worker and returns its exit status. Setup follows the order the process model
+/// requires: signals first, then the parent-death signal, then the runtime, the application,
+/// and only then accepting.
+pub(crate) fn run<F, S>(handoff: Handoff, factory: &F) -> u8
+where
+    F: Fn(&WorkerContext) -> S,
+    S: AppService,
+{
+    let slot = handoff.slot;
+    if let Err(e) = prepare_process(handoff.master) {
+        error!("worker {slot}: {e}");
+        return exit::FAILURE;
+    }
+    let runtime = match build_runtime(handoff.config.threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("worker {slot}: cannot build the runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(handoff, factory));
+    // Tasks left at a cut (blocking file reads, say) must not hold up the exit.
+    runtime.shutdown_background();
+    code
+}
+
+fn prepare_process(master: Pid) -> Result<(), String> {
+    crate::master::unblock_in_child().map_err(|e| format!("cannot unblock signals: {e}"))?;
+    // Signals meant for the master also reach workers sent to the whole process group (a
+    // terminal's hang-up, a `kill -HUP -PGID`); they must not kill or confuse a worker.
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGALRM,
+    ] {
+        // SAFETY: installing SIG_IGN runs no handler code.
+        unsafe { signal(sig, SigHandler::SigIgn) }
+            .map_err(|e| format!("cannot ignore {sig}: {e}"))?;
+    }
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    // The master may have died between fork and prctl; then no signal will ever come.
+    if getppid() != master {
+        return Err("the master exited while this worker was starting".to_string());
+    }
+    Ok(())
+}
+
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build()
+}
+
+async fn serve<F, S>(handoff: Handoff, factory: &F) -> u8
+where
+    F: Fn(&WorkerContext) -> S,
+    S: AppService,
+{
+    let Handoff {
+        slot,
+        control,
+        listeners,
+        config,
+        ..
+    } = handoff;
+    let drain = Drain::new();
+    let context = WorkerContext {
+        id: slot,
+        drain: drain.clone(),
+        config: config.clone(),
+    };
+    let service = match catch_unwind(AssertUnwindSafe(|| factory(&context))) {
+        Ok(service) => service,
+        Err(_) => {
+            error!("worker {slot}: the application factory panicked");
+            return exit::BOOT_FAILED;
+        }
+    };
+    let channel = match Channel::new(control) {
+        Ok(channel) => Arc::new(channel),
+        Err(e) => {
+            error!("worker {slot}: cannot watch the control channel: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let mut stops = match Stops::new(Arc::clone(&channel), config.graceful_timeout) {
+        Ok(stops) => stops,
+        Err(e) => {
+            error!("worker {slot}: cannot handle signals: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let shared = Arc::new(Shared {
+        builder: http_builder(&config),
+        drain,
+        tracker: TaskTracker::new(),
+        linger_until: OnceLock::new(),
+    });
+    let mut accepting = Vec::new();
+    for bound in listeners {
+        match Listener::adopt(bound) {
+            Ok(listener) => {
+                let task = accept::run(listener, service.clone(), Arc::clone(&shared));
+                accepting.push(tokio::spawn(task));
+            }
+            Err(e) => {
+                error!("worker {slot}: cannot use a listener: {e}");
+                return exit::FAILURE;
+            }
+        }
+    }
+    tokio::spawn(channel::heartbeat(Arc::clone(&channel)));
+    channel.send(ToMaster::Ready);
+
+    match stops.next().await {
+        Stop::Quit => {
+            info!("worker {slot}: closing {} connection(s) now", open(&shared));
+            exit::OK
+        }
+        Stop::Drain(deadline) => {
+            // Done means: every accept loop has taken what was queued, then every socket closed.
+            let done = async {
+                for task in accepting {
+                    let _ = task.await;
+                }
+                shared.tracker.wait().await;
+            };
+            drain_until(slot, &shared, &mut stops, deadline, &config, done).await
+        }
+    }
+}
+
+/// Drains: fires the drain handle, stops accepting once the queue is empty, and waits until
+/// every connection has closed, cutting what is left at the deadline. A later request to
+/// stop can only bring the end closer.
+async fn drain_until(
+    slot: usize,
+    shared: &Shared,
+    stops: &mut Stops,
+    mut deadline: Instant,
+    config: &Config,
+    done: impl Future<Output = ()>,
+) -> u8 {
+    let started = Instant::now();
+    let _ = shared
+        .linger_until
+        .set((started + config.linger).min(deadline));
+    shared.drain.start();
+    shared.tracker.close();
+    info!(
+        "worker {slot}: draining {} connection(s), deadline in {:?}",
+        open(shared),
+        deadline.saturating_duration_since(started)
+    );
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            () = &mut done => {
+                info!("worker {slot}: drained in {:?}", started.elapsed());
+                return exit::OK;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                warn!("worker {slot}: deadline reached, cutting {} connection(s)", open(shared));
+                return exit::OK;
+            }
+            stop = stops.next() => match stop {
+                Stop::Quit => {
+                    info!("worker {slot}: quick stop, closing {} connection(s) now", open(shared));
+                    return exit::OK;
+                }
+                Stop::Drain(sooner) => deadline = deadline.min(sooner),
+            }
+        }
+    }
+}
+
+/// Open sockets, upgraded ones included.
+fn open(shared: &Shared) -> usize {
+    shared.tracker.len()
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let keepalive = !config.keepalive.is_zero();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(keepalive)
+        // hyper restarts this timer before every request head, so on a keep-alive connection
+        // it is also the idle timeout.
+        .header_read_timeout(if keepalive {
+            config.keepalive
+        } else {
+            HEADER_READ_TIMEOUT
+        });
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
