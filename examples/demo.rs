@@ -1,1 +1,131 @@
-fn main() {}
+//! An axum application served through prefork, with the full command line:
+//!
+//! ```text
+//! cargo run --release --example demo -- serve --workers 3 --bind 127.0.0.1:8000
+//! ```
+//!
+//! Its routes cover every kind of request a stop must handle: quick, slow, streaming,
+//! upgraded, badly behaved, blocking and crashing.
+
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Extension, Query};
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, Sse};
+use axum::routing::get;
+use futures_util::stream::{self, Stream, StreamExt};
+use prefork::Drain;
+use serde::Deserialize;
+
+/// How often `/sse` and `/ws` send something.
+const TICK: Duration = Duration::from_millis(100);
+
+fn main() -> ExitCode {
+    prefork::main(|_worker| app())
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "Hello, World!" }))
+        .route("/sleep", get(sleep))
+        .route("/pid", get(|| async { std::process::id().to_string() }))
+        .route("/sse", get(sse))
+        .route("/ws", get(ws))
+        .route("/ws-quiet", get(ws_quiet))
+        .route("/block", get(block))
+        .route("/crash", get(crash))
+}
+
+#[derive(Deserialize)]
+struct Millis {
+    ms: u64,
+}
+
+/// Waits without holding the runtime: a slow request in flight.
+async fn sleep(Query(Millis { ms }): Query<Millis>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
+}
+
+/// Holds the runtime's thread: a hung worker, as far as the master can tell.
+async fn block(Query(Millis { ms }): Query<Millis>) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    format!("blocked {ms} ms\n")
+}
+
+/// Ends the worker process the hardest way short of a signal.
+async fn crash() -> &'static str {
+    std::process::abort()
+}
+
+/// One event per tick until the drain begins; then the stream ends cleanly.
+async fn sse(
+    Extension(drain): Extension<Drain>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = stream::unfold(0u64, |n| async move {
+        tokio::time::sleep(TICK).await;
+        Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
+    });
+    Sse::new(ticks.take_until(drain.draining_owned()))
+}
+
+async fn ws(upgrade: WebSocketUpgrade, Extension(drain): Extension<Drain>) -> impl IntoResponse {
+    upgrade.on_upgrade(move |socket| echo_and_tick(socket, drain))
+}
+
+/// Echoes text, sends a tick every 100 ms, and says Going Away (1001) when the drain begins.
+async fn echo_and_tick(mut socket: WebSocket, drain: Drain) {
+    let mut ticks = tokio::time::interval(TICK);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            () = drain.draining() => {
+                let frame = CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "server is shutting down".into(),
+                };
+                if socket.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
+                // Wait for the client's answering Close so the socket closes cleanly; the
+                // worker's deadline bounds a client that never answers.
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ticks.tick() => {
+                n += 1;
+                if socket.send(Message::Text(format!("tick {n}").into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Accepts and then ignores the socket and the drain forever: the handler that hangs other
+/// servers' shutdown. Only the worker's deadline ends it.
+async fn ws_quiet(upgrade: WebSocketUpgrade) -> impl IntoResponse {
+    upgrade.on_upgrade(|socket| async move {
+        let _socket = socket;
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    })
+}

@@ -40,7 +40,7 @@ impl Drain {
     }
 
     /// Like [`Drain::draining`], but owns what it needs, for a `'static` task or stream.
-    pub fn draining_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn draining_owned(&self) -> impl Future<Output = ()> + Send + use<> {
         let token = Arc::clone(&self.token);
         async move { token.cancelled().await }
     }

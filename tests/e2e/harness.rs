@@ -1,0 +1,352 @@
+//! Running the real binaries: a server process in its own process group, killed with the whole
+//! group when the guard drops (also when the test fails), with its log collected as it goes.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// The longest any single wait in these tests lasts; only reached when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Which executable to run.
+#[derive(Clone, Copy)]
+pub enum Bin {
+    /// The `prefork` binary: the static file server.
+    Prefork,
+    /// The `demo` example: the axum app with slow, streaming and websocket routes.
+    Demo,
+}
+
+impl Bin {
+    pub fn path(self) -> PathBuf {
+        let prefork = PathBuf::from(env!("CARGO_BIN_EXE_prefork"));
+        match self {
+            Bin::Prefork => prefork,
+            Bin::Demo => {
+                // cargo builds examples next to the binaries for `cargo test` and nextest.
+                let demo = prefork.parent().unwrap().join("examples").join("demo");
+                assert!(
+                    demo.exists(),
+                    "{} is missing: build it with `cargo build --examples` (cargo test does)",
+                    demo.display()
+                );
+                demo
+            }
+        }
+    }
+}
+
+/// Lines the process wrote to stderr, shared with the thread that reads them.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+pub struct Server {
+    child: Child,
+    log: Arc<Log>,
+    /// The first TCP address it listens on, from its log.
+    pub addr: SocketAddr,
+}
+
+pub struct Builder {
+    cmd: Command,
+    bind_given: bool,
+    workers: usize,
+}
+
+impl Builder {
+    pub fn arg(mut self, arg: &str) -> Self {
+        if arg == "-b" || arg == "--bind" {
+            self.bind_given = true;
+        }
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        for a in args {
+            self = self.arg(a);
+        }
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Starts the server and waits until every worker is ready.
+    pub fn start(mut self) -> Server {
+        if !self.bind_given {
+            self.cmd.args(["--bind", "127.0.0.1:0"]);
+        }
+        self.cmd.args(["--workers", &self.workers.to_string()]);
+        let server = self.spawn();
+        server.wait_log("worker(s) ready", PATIENCE);
+        server
+    }
+
+    /// Starts the server and waits only until it reports its address.
+    pub fn spawn(mut self) -> Server {
+        use std::os::unix::process::CommandExt;
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = self.cmd.spawn().expect("cannot start the server");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        let reader_log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                reader_log.lines.lock().unwrap().push(line);
+                reader_log.grew.notify_all();
+            }
+        });
+        let mut server = Server {
+            child,
+            log,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let line = server.wait_log("listening on http://", PATIENCE);
+        let addr = line.rsplit("http://").next().unwrap().trim();
+        server.addr = addr.parse().expect("a socket address in the log");
+        server
+    }
+}
+
+impl Server {
+    /// A `serve` command for `bin` with `workers` workers on a free port of 127.0.0.1.
+    pub fn builder(bin: Bin, workers: usize) -> Builder {
+        let mut cmd = Command::new(bin.path());
+        cmd.arg("serve")
+            .env_remove("PORT")
+            .env_remove("WEB_CONCURRENCY");
+        Builder {
+            cmd,
+            bind_given: false,
+            workers,
+        }
+    }
+
+    pub fn start(bin: Bin, workers: usize) -> Server {
+        Self::builder(bin, workers).start()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal the master");
+    }
+
+    /// Signals every process of the server at once, as systemd's `KillMode=control-group` and a
+    /// terminal's Ctrl+C do.
+    pub fn signal_group(&self, sig: Signal) {
+        killpg(self.pid(), sig).expect("signal the process group");
+    }
+
+    /// The master's live children.
+    pub fn workers(&self) -> Vec<Pid> {
+        children_of(self.pid())
+    }
+
+    /// Waits until the master has exactly `n` children, all different from `not`.
+    pub fn wait_workers(&self, n: usize, not: &[Pid]) -> Vec<Pid> {
+        let until = Instant::now() + PATIENCE;
+        loop {
+            let now = self.workers();
+            if now.len() == n && now.iter().all(|p| !not.contains(p)) {
+                return now;
+            }
+            assert!(
+                Instant::now() < until,
+                "expected {n} workers, have {now:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the master to exit, at most `timeout`; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the master") {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits for the master to exit and returns its status and how long that took, failing
+    /// the test after `timeout`.
+    pub fn expect_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        match self.wait_exit(timeout) {
+            Some(status) => (status, start.elapsed()),
+            None => panic!("the master did not exit within {timeout:?}\n{}", self.log()),
+        }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_after(needle, 0, timeout)
+    }
+
+    /// Like [`Server::wait_log`], looking only at lines after the first `skip`.
+    pub fn wait_log_after(&self, needle: &str, skip: usize, timeout: Duration) -> String {
+        let until = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().skip(skip).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().unwrap().len()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The group holds the master and every worker, even ones whose master is gone.
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let until = Instant::now() + PATIENCE;
+        while process_group_alive(self.pid()) && Instant::now() < until {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Runs a command to completion (with a bound) and returns its status and stderr.
+pub fn run(bin: Bin, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut cmd = Command::new(bin.path());
+    cmd.args(args)
+        .env_remove("PORT")
+        .env_remove("WEB_CONCURRENCY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut server = Server {
+        child: {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0).spawn().expect("run the binary")
+        },
+        log: Arc::default(),
+        addr: "0.0.0.0:0".parse().unwrap(),
+    };
+    let (status, _) = server.expect_exit(PATIENCE);
+    let mut stderr = String::new();
+    use std::io::Read;
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+/// Processes whose parent is `parent`, from /proc.
+pub fn children_of(parent: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some((ppid, state)) = stat(pid) {
+            // A zombie is dead, only not yet reaped.
+            if ppid == parent.as_raw() && state != 'Z' {
+                out.push(Pid::from_raw(pid));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether any live (not zombie) process is in process group `pgid`.
+pub fn process_group_alive(pgid: Pid) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .any(|pid| pgrp(pid) == Some(pgid.as_raw()) && stat(pid).is_some_and(|(_, s)| s != 'Z'))
+}
+
+/// Whether `pid` is alive (a zombie counts as dead).
+pub fn alive(pid: Pid) -> bool {
+    stat(pid.as_raw()).is_some_and(|(_, state)| state != 'Z')
+}
+
+/// Waits until none of `pids` is alive; false if some still are after `timeout`.
+pub fn wait_dead(pids: &[Pid], timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if pids.iter().all(|p| !alive(*p)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn stat(pid: i32) -> Option<(i32, char)> {
+    let fields = stat_fields(pid)?;
+    Some((fields[1].parse().ok()?, fields[0].chars().next()?))
+}
+
+fn pgrp(pid: i32) -> Option<i32> {
+    stat_fields(pid)?[2].parse().ok()
+}
+
+/// Distinct values, for counting which workers served.
+pub fn distinct<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> usize {
+    items.iter().cloned().collect::<HashSet<_>>().len()
+}

@@ -1,0 +1,444 @@
+//! The foundation: processes, serving, graceful and quick stop, replacement of dead workers,
+//! and bad input.
+
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+
+use super::harness::{Bin, PATIENCE, Server, alive, distinct, process_group_alive, run, wait_dead};
+use super::http::{self, Conn, Failure};
+
+#[test]
+fn workers_are_children_of_the_master_and_all_serve() {
+    let server = Server::start(Bin::Demo, 3);
+    let workers = server.wait_workers(3, &[]);
+    let mut pids = Vec::new();
+    for _ in 0..60 {
+        let body = http::get(server.addr, "/pid").text();
+        pids.push(body.parse::<i32>().expect("a pid"));
+    }
+    for pid in &pids {
+        assert!(
+            workers.iter().any(|w| w.as_raw() == *pid),
+            "{pid} is not a worker"
+        );
+    }
+    assert!(distinct(&pids) >= 2, "all 60 requests went to one worker");
+    assert_eq!(http::get(server.addr, "/").text(), "Hello, World!");
+}
+
+#[test]
+fn static_files_have_validators_and_ranges() {
+    let root = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(root.path().join("file.txt"), &content).unwrap();
+    std::fs::create_dir(root.path().join("dir")).unwrap();
+    std::fs::write(root.path().join("dir/index.html"), "<p>index</p>").unwrap();
+    let server = Server::builder(Bin::Prefork, 2)
+        .args(&["--root", root.path().to_str().unwrap()])
+        .start();
+
+    let full = http::get(server.addr, "/file.txt");
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body, content);
+    assert!(full.header("last-modified").is_some());
+    let etag = full.header("etag").expect("an ETag").to_string();
+
+    let mut conn = Conn::connect(server.addr).unwrap();
+    let cached = conn
+        .request("GET", "/file.txt", &[("If-None-Match", &etag)])
+        .unwrap();
+    assert_eq!(cached.status, 304);
+    assert!(cached.body.is_empty());
+
+    let range = conn
+        .request("GET", "/file.txt", &[("Range", "bytes=10-19")])
+        .unwrap();
+    assert_eq!(range.status, 206);
+    assert_eq!(range.header("content-range"), Some("bytes 10-19/1000"));
+    assert_eq!(range.body, &content[10..20]);
+
+    let bad_range = conn
+        .request("GET", "/file.txt", &[("Range", "bytes=5000-")])
+        .unwrap();
+    assert_eq!(bad_range.status, 416);
+
+    let head = conn.request("HEAD", "/file.txt", &[]).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("1000"));
+
+    assert_eq!(conn.get("/dir/").unwrap().text(), "<p>index</p>");
+    assert_eq!(conn.get("/missing").unwrap().status, 404);
+    assert_eq!(conn.get("/../etc/passwd").unwrap().status, 404);
+}
+
+#[test]
+fn http2_prior_knowledge_is_served() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let server = Server::start(Bin::Demo, 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = ::http::Request::get(server.url("/"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.version(), ::http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"Hello, World!");
+    });
+}
+
+#[test]
+fn term_lets_requests_in_flight_finish() {
+    let mut server = Server::start(Bin::Demo, 3);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut conn = Conn::connect(addr).unwrap();
+                conn.get("/sleep?ms=2000")
+            })
+        })
+        .collect();
+    // The requests are sent at once; half a second is ample for them to arrive.
+    thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    server.signal(Signal::SIGTERM);
+    for client in clients {
+        let resp = client
+            .join()
+            .unwrap()
+            .expect("the request in flight completes");
+        assert_eq!(resp.status, 200);
+        assert!(
+            resp.closes(),
+            "a response during the drain says Connection: close"
+        );
+    }
+    let finished = start.elapsed();
+    let (status, total) = server.expect_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        finished >= Duration::from_millis(1000),
+        "responses came too soon: {finished:?}"
+    );
+    assert!(
+        total < Duration::from_millis(500),
+        "the master exited {total:?} after the last response"
+    );
+}
+
+#[test]
+fn term_with_idle_keepalive_connections_stops_at_once_without_linger() {
+    let mut server = Server::builder(Bin::Demo, 2)
+        .args(&["--linger", "0"])
+        .start();
+    let mut conns = idle_connections(&server, 50);
+    server.signal(Signal::SIGTERM);
+    let (status, took) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(took < Duration::from_millis(500), "stop took {took:?}");
+    for conn in &mut conns {
+        assert!(conn.closed_within(Duration::from_secs(1)));
+    }
+}
+
+#[test]
+fn term_with_idle_keepalive_connections_closes_them_after_the_linger() {
+    let mut server = Server::builder(Bin::Demo, 2)
+        .args(&["--linger", "300ms"])
+        .start();
+    let mut conns = idle_connections(&server, 50);
+    server.signal(Signal::SIGTERM);
+    let (status, took) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(
+        took >= Duration::from_millis(250),
+        "the linger was skipped: {took:?}"
+    );
+    assert!(took < Duration::from_millis(1000), "stop took {took:?}");
+    for conn in &mut conns {
+        assert!(conn.closed_within(Duration::from_secs(1)));
+    }
+}
+
+fn idle_connections(server: &Server, n: usize) -> Vec<Conn> {
+    (0..n)
+        .map(|_| {
+            let mut conn = Conn::connect(server.addr).unwrap();
+            let resp = conn.get("/").unwrap();
+            assert_eq!(resp.status, 200);
+            assert!(!resp.closes());
+            conn
+        })
+        .collect()
+}
+
+#[test]
+fn graceful_timeout_cuts_what_is_left() {
+    let mut server = Server::builder(Bin::Demo, 2)
+        .args(&["--graceful-timeout", "2s"])
+        .start();
+    let addr = server.addr;
+    let client = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=20000"));
+    thread::sleep(Duration::from_millis(300));
+    server.signal(Signal::SIGTERM);
+    let (status, took) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(
+        took >= Duration::from_millis(1900),
+        "cut before the deadline: {took:?}"
+    );
+    assert!(took < Duration::from_millis(3000), "stop took {took:?}");
+    let failure = client.join().unwrap().expect_err("the request was cut");
+    assert!(
+        matches!(failure, Failure::Empty | Failure::Reset),
+        "{failure:?}"
+    );
+    server.wait_log("cutting 1 connection(s)", PATIENCE);
+}
+
+#[test]
+fn quick_stop_closes_connections_at_once() {
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        let mut server = Server::start(Bin::Demo, 2);
+        let addr = server.addr;
+        let client = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=20000"));
+        thread::sleep(Duration::from_millis(300));
+        server.signal(sig);
+        let (status, took) = server.expect_exit(PATIENCE);
+        assert!(status.success(), "{sig}: {status:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "{sig}: stop took {took:?}"
+        );
+        assert!(client.join().unwrap().is_err());
+    }
+}
+
+#[test]
+fn second_term_escalates_to_a_quick_stop() {
+    let mut server = Server::start(Bin::Demo, 1);
+    let addr = server.addr;
+    let client = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=20000"));
+    thread::sleep(Duration::from_millis(300));
+    server.signal(Signal::SIGTERM);
+    server.wait_log("graceful stop", PATIENCE);
+    server.signal(Signal::SIGTERM);
+    let (status, took) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(took < Duration::from_millis(1000), "stop took {took:?}");
+    assert!(client.join().unwrap().is_err());
+}
+
+#[test]
+fn dead_workers_are_replaced() {
+    let server = Server::start(Bin::Demo, 2);
+    let workers = server.wait_workers(2, &[]);
+    kill(workers[0], Signal::SIGKILL).unwrap();
+    let now = server.wait_workers(2, &[workers[0]]);
+    assert!(
+        now.contains(&workers[1]),
+        "the healthy worker was disturbed"
+    );
+    for _ in 0..20 {
+        assert_eq!(http::get(server.addr, "/").status, 200);
+    }
+    // A worker that aborts (the demo's /crash) is replaced the same way.
+    let crashed = http::try_get(server.addr, "/crash");
+    assert!(crashed.is_err(), "{crashed:?}");
+    server.wait_log("was killed by SIGABRT", PATIENCE);
+    server.wait_workers(2, &[]);
+    for _ in 0..20 {
+        assert_eq!(http::get(server.addr, "/").status, 200);
+    }
+}
+
+#[test]
+fn websocket_gets_going_away_on_term() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let mut server = Server::start(Bin::Demo, 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let close = rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap();
+        assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
+        server.signal(Signal::SIGTERM);
+        let signalled = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(frame))) => return (frame, signalled.elapsed()),
+                Some(Ok(_)) => {}
+                other => panic!("no Close frame: {other:?}"),
+            }
+        }
+    });
+    let (frame, took) = close;
+    assert_eq!(
+        frame.expect("a close frame with a code").code,
+        CloseCode::Away
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "Close came {took:?} after TERM"
+    );
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+}
+
+/// Each kind of bad input: exit status 2, one line naming the problem, nothing left running.
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let bad_key = dir.path().join("bad-key.toml");
+    std::fs::write(&bad_key, "wrokers = 3\n").unwrap();
+    let bad_value = dir.path().join("bad-value.toml");
+    std::fs::write(&bad_value, "graceful_timeout = \"soon\"\n").unwrap();
+    let missing_root = dir.path().join("nope");
+    let missing_root = missing_root.to_str().unwrap();
+
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (vec!["serve", "--wrokers", "3"], vec![], "--wrokers"),
+        (
+            vec!["serve", "--graceful-timeout", "5x"],
+            vec![],
+            "graceful_timeout (from --graceful-timeout)",
+        ),
+        (
+            vec!["serve", "--workers", "0"],
+            vec![],
+            "workers (from --workers): must be at least 1",
+        ),
+        (
+            vec!["serve", "--bind", "localhost"],
+            vec![],
+            "'localhost' for bind",
+        ),
+        (
+            vec!["serve", "--bind", "127.0.0.1:99999"],
+            vec![],
+            "'127.0.0.1:99999' for bind",
+        ),
+        (
+            vec!["serve", "--bind", &busy_addr],
+            vec![],
+            "cannot listen on",
+        ),
+        (
+            vec!["serve", "--root", missing_root],
+            vec![],
+            "root directory",
+        ),
+        (
+            vec!["serve", "-c", bad_key.to_str().unwrap()],
+            vec![],
+            "unknown option 'wrokers'",
+        ),
+        (
+            vec!["serve", "-c", bad_value.to_str().unwrap()],
+            vec![],
+            "in config file",
+        ),
+        (
+            vec!["serve", "-c", "/nonexistent.toml"],
+            vec![],
+            "cannot read config file",
+        ),
+        (
+            vec!["serve"],
+            vec![("PREFORK_WORKERS", "many")],
+            "environment variable PREFORK_WORKERS",
+        ),
+        (
+            vec!["serve"],
+            vec![("WEB_CONCURRENCY", "0")],
+            "environment variable WEB_CONCURRENCY",
+        ),
+        (vec!["serve"], vec![("PORT", "http")], "PORT"),
+        (vec!["check", "--keepalive=-1"], vec![], "keepalive"),
+    ];
+    for (args, env, expected) in cases {
+        let (status, stderr) = run(Bin::Prefork, &args, &env);
+        assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?} {env:?}: not one line:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?} {env:?}: {stderr:?} lacks {expected:?}"
+        );
+    }
+    drop(busy);
+}
+
+#[test]
+fn check_accepts_a_valid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prefork.toml");
+    std::fs::write(
+        &config,
+        "workers = 2\nbind = [\"127.0.0.1:8123\"]\ngraceful_timeout = \"10s\"\n",
+    )
+    .unwrap();
+    let (status, stderr) = run(
+        Bin::Prefork,
+        &["check", "-c", config.to_str().unwrap()],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    // The command line wins over the file, the environment over the file.
+    let (status, stderr) = run(
+        Bin::Prefork,
+        &["check", "-c", config.to_str().unwrap(), "--workers", "0"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let (status, stderr) = run(
+        Bin::Prefork,
+        &["check", "-c", config.to_str().unwrap()],
+        &[("PREFORK_GRACEFUL_TIMEOUT", "later")],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PREFORK_GRACEFUL_TIMEOUT"), "{stderr}");
+}
+
+#[test]
+fn a_stopped_server_leaves_no_process_and_frees_the_port() {
+    let mut server = Server::start(Bin::Prefork, 2);
+    let workers = server.workers();
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(wait_dead(&workers, PATIENCE));
+    assert!(!process_group_alive(server.pid()));
+    assert!(!workers.iter().any(|w| alive(*w)));
+    std::net::TcpListener::bind(server.addr).expect("the port is free again");
+}
