@@ -77,6 +77,17 @@ struct ServeArgs {
     #[arg(long, value_name = "DUR", env = "PREFORK_LINGER")]
     linger: Option<String>,
 
+    /// After TERM, keep serving normally this long, with the health path answering 503, so
+    /// load balancers stop sending traffic before the drain begins. The graceful timeout
+    /// starts after it. [default: 0]
+    #[arg(long, value_name = "DUR", env = "PREFORK_SHUTDOWN_DELAY")]
+    shutdown_delay: Option<String>,
+
+    /// A path prefork answers itself: 200 while serving, 503 once a stop is requested (for
+    /// load balancer health checks), e.g. /healthz. [default: none]
+    #[arg(long, value_name = "PATH", env = "PREFORK_HEALTH_PATH")]
+    health_path: Option<String>,
+
     /// Directory served by the built-in static file app. [default: .]
     #[arg(long, value_name = "DIR", env = "PREFORK_ROOT")]
     root: Option<String>,

@@ -20,13 +20,14 @@ pub(crate) enum ToMaster {
 /// A message from the master to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ToWorker {
-    /// Stop accepting, finish what is in flight, and exit; cut what is left at `deadline`.
-    Drain { deadline: Instant },
+    /// Serve normally until `start` (the shutdown delay, for load balancers), then stop
+    /// accepting, finish what is in flight, and exit; cut what is left at `deadline`.
+    Drain { start: Instant, deadline: Instant },
     /// Close every connection at once and exit.
     Quit,
 }
 
-const LEN: usize = 9;
+const LEN: usize = 17;
 
 const READY: u8 = 1;
 const HEARTBEAT: u8 = 2;
@@ -55,15 +56,15 @@ impl ToMaster {
             ToMaster::Ready => READY,
             ToMaster::Heartbeat => HEARTBEAT,
         };
-        frame(tag, 0)
+        frame(tag, 0, 0)
     }
 }
 
 impl Message for ToMaster {
     fn decode(buf: &[u8]) -> Option<Self> {
         match unframe(buf)? {
-            (READY, _) => Some(ToMaster::Ready),
-            (HEARTBEAT, _) => Some(ToMaster::Heartbeat),
+            (READY, ..) => Some(ToMaster::Ready),
+            (HEARTBEAT, ..) => Some(ToMaster::Heartbeat),
             _ => None,
         }
     }
@@ -72,8 +73,8 @@ impl Message for ToMaster {
 impl ToWorker {
     pub(crate) fn encode(self) -> [u8; LEN] {
         match self {
-            ToWorker::Drain { deadline } => frame(DRAIN, to_wire(deadline)),
-            ToWorker::Quit => frame(QUIT, 0),
+            ToWorker::Drain { start, deadline } => frame(DRAIN, to_wire(start), to_wire(deadline)),
+            ToWorker::Quit => frame(QUIT, 0, 0),
         }
     }
 }
@@ -81,10 +82,11 @@ impl ToWorker {
 impl Message for ToWorker {
     fn decode(buf: &[u8]) -> Option<Self> {
         match unframe(buf)? {
-            (DRAIN, wire) => Some(ToWorker::Drain {
-                deadline: from_wire(wire),
+            (DRAIN, start, deadline) => Some(ToWorker::Drain {
+                start: from_wire(start),
+                deadline: from_wire(deadline),
             }),
-            (QUIT, _) => Some(ToWorker::Quit),
+            (QUIT, ..) => Some(ToWorker::Quit),
             _ => None,
         }
     }
@@ -125,16 +127,24 @@ pub(crate) fn recv<M: Message>(fd: impl AsFd) -> Received<M> {
     }
 }
 
-fn frame(tag: u8, payload: u64) -> [u8; LEN] {
+/// A tag byte and two little-endian words.
+fn frame(tag: u8, a: u64, b: u64) -> [u8; LEN] {
     let mut buf = [0u8; LEN];
     buf[0] = tag;
-    buf[1..].copy_from_slice(&payload.to_le_bytes());
+    buf[1..9].copy_from_slice(&a.to_le_bytes());
+    buf[9..].copy_from_slice(&b.to_le_bytes());
     buf
 }
 
-fn unframe(buf: &[u8]) -> Option<(u8, u64)> {
-    let (&tag, payload) = buf.split_first()?;
-    Some((tag, u64::from_le_bytes(payload.try_into().ok()?)))
+fn unframe(buf: &[u8]) -> Option<(u8, u64, u64)> {
+    let (&tag, words) = buf.split_first()?;
+    let words: &[u8; LEN - 1] = words.try_into().ok()?;
+    let (a, b) = words.split_at(8);
+    Some((
+        tag,
+        u64::from_le_bytes(a.try_into().ok()?),
+        u64::from_le_bytes(b.try_into().ok()?),
+    ))
 }
 
 /// `CLOCK_MONOTONIC` is one clock for every process on the machine, so an instant written as
@@ -180,18 +190,23 @@ mod tests {
             ToWorker::decode(&ToWorker::Quit.encode()),
             Some(ToWorker::Quit)
         );
-        let deadline = Instant::now() + Duration::from_secs(7);
-        let Some(ToWorker::Drain { deadline: back }) =
-            ToWorker::decode(&ToWorker::Drain { deadline }.encode())
+        let start = Instant::now() + Duration::from_secs(2);
+        let deadline = start + Duration::from_secs(7);
+        let Some(ToWorker::Drain {
+            start: start_back,
+            deadline: deadline_back,
+        }) = ToWorker::decode(&ToWorker::Drain { start, deadline }.encode())
         else {
             panic!("drain did not round-trip");
         };
-        let skew = if back > deadline {
-            back - deadline
-        } else {
-            deadline - back
-        };
-        assert!(skew < Duration::from_millis(5), "skew {skew:?}");
+        for (sent, back) in [(start, start_back), (deadline, deadline_back)] {
+            let skew = if back > sent {
+                back - sent
+            } else {
+                sent - back
+            };
+            assert!(skew < Duration::from_millis(5), "skew {skew:?}");
+        }
         assert_eq!(ToWorker::decode(&[99; LEN]), None);
         assert_eq!(ToWorker::decode(&[DRAIN, 1]), None);
     }

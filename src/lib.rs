@@ -45,7 +45,7 @@ pub use error::Error;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A service prefork can serve: a cloneable tower service from `Request<Incoming>` to a
-/// response with an HTTP body. `axum::Router`, `tower_http::services::ServeDir` and
+/// response whose body yields `Bytes`. `axum::Router`, `tower_http::services::ServeDir` and
 /// `hyper_util::service::TowerToHyperService`-style stacks all are.
 pub trait AppService:
     tower::Service<
@@ -58,7 +58,7 @@ pub trait AppService:
     + 'static
 {
     /// The response body.
-    type Body: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+    type Body: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static;
 }
 
 impl<S, B> AppService for S
@@ -66,7 +66,7 @@ where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     type Body = B;
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub(crate) backlog: u32,
     pub(crate) keepalive: Duration,
     pub(crate) linger: Duration,
+    pub(crate) shutdown_delay: Duration,
+    pub(crate) health_path: Option<String>,
     pub(crate) root: PathBuf,
     pub(crate) root_source: Source,
     pub(crate) log_level: tracing::Level,
@@ -60,6 +62,8 @@ impl Default for Config {
             backlog: 2048,
             keepalive: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            shutdown_delay: Duration::ZERO,
+            health_path: None,
             root: PathBuf::from("."),
             root_source: Source::Default,
             log_level: tracing::Level::INFO,
@@ -114,6 +118,21 @@ impl Config {
     /// Never extends past the graceful timeout. Default: 1 s.
     pub fn linger(mut self, window: Duration) -> Self {
         self.linger = window;
+        self
+    }
+
+    /// How long a graceful stop keeps serving normally, with the health path answering 503,
+    /// before the drain begins, so that load balancers stop sending traffic first. The
+    /// graceful timeout starts after it. Default: 0.
+    pub fn shutdown_delay(mut self, delay: Duration) -> Self {
+        self.shutdown_delay = delay;
+        self
+    }
+
+    /// A path (such as `/healthz`) that prefork answers itself, before the application: 200
+    /// while serving, 503 from the moment a stop is requested. Default: none.
+    pub fn health_path(mut self, path: Option<String>) -> Self {
+        self.health_path = path;
         self
     }
 
@@ -183,6 +202,10 @@ impl Config {
             "graceful_timeout" => self.graceful_timeout = millis(one(&duration_ms)?),
             "keepalive" => self.keepalive = millis(one(&duration_ms)?),
             "linger" => self.linger = millis(one(&duration_ms)?),
+            "shutdown_delay" => self.shutdown_delay = millis(one(&duration_ms)?),
+            "health_path" => {
+                self.health_path = Some(value::path(last).map_err(|reason| invalid(last, reason))?);
+            }
             "root" => {
                 self.root = PathBuf::from(last);
                 self.root_source = source.clone();

@@ -67,6 +67,14 @@ pub(crate) fn bind(text: &str) -> Result<Vec<BindAddr>, String> {
     Ok(addrs)
 }
 
+/// A URL path: it starts with `/`.
+pub(crate) fn path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') || text.contains(char::is_whitespace) {
+        return Err("expected a path starting with /, such as /healthz".to_string());
+    }
+    Ok(text.to_string())
+}
+
 /// One of the levels `tracing` knows.
 pub(crate) fn log_level(text: &str) -> Result<tracing::Level, String> {
     text.trim()

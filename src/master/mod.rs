@@ -188,9 +188,15 @@ impl<'a> Master<'a> {
         // last draining worker lets go of it.
         self.listeners.clear();
         let msg = match kind {
-            Stop::Graceful => ToWorker::Drain {
-                deadline: now + self.config.graceful_timeout,
-            },
+            Stop::Graceful => {
+                // Load balancers get the shutdown delay to notice (health checks answer 503)
+                // before the drain proper, and its graceful timeout, begin.
+                let start = now + self.config.shutdown_delay;
+                ToWorker::Drain {
+                    start,
+                    deadline: start + self.config.graceful_timeout,
+                }
+            }
             Stop::Quick => ToWorker::Quit,
         };
         for worker in &mut self.workers {
@@ -298,14 +304,18 @@ impl<'a> Master<'a> {
             return;
         }
         let now = Instant::now();
-        let deadline = now + self.config.graceful_timeout;
+        // One worker leaving changes nothing a load balancer can see: no shutdown delay.
+        let drain = ToWorker::Drain {
+            start: now,
+            deadline: now + self.config.graceful_timeout,
+        };
         for worker in &mut self.workers {
             if worker.slot > self.target && !worker.leaving {
                 info!(
                     "worker {} (pid {}) draining: fewer workers wanted",
                     worker.slot, worker.pid
                 );
-                tell(worker, ToWorker::Drain { deadline }, now);
+                tell(worker, drain, now);
             }
         }
         if self.slots.len() < self.target {
@@ -410,7 +420,7 @@ impl<'a> Master<'a> {
 /// Sends `msg` and records that the worker is on its way out, with the moment to kill it.
 fn tell(worker: &mut Worker, msg: ToWorker, now: Instant) {
     let (fallback, kill_at) = match msg {
-        ToWorker::Drain { deadline } => (Signal::SIGTERM, deadline + KILL_SLACK),
+        ToWorker::Drain { deadline, .. } => (Signal::SIGTERM, deadline + KILL_SLACK),
         ToWorker::Quit => (Signal::SIGQUIT, now + QUICK_GRACE),
     };
     let sent = worker

@@ -1,6 +1,7 @@
 //! Serving one connection, and draining it without losing a request that is on its way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,20 +29,24 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let service = HyperService::new(service, shared.drain.clone());
+    let http2 = Arc::new(AtomicBool::new(false));
+    let service = HyperService::new(service, Arc::clone(&shared), Arc::clone(&http2));
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => return finished(result),
         () = shared.drain.draining() => {}
     }
-    // Closing an idle keep-alive connection now would race a client that is already sending
-    // its next request on it: the request would meet a reset. For a short while, answer such a
-    // request instead (with Connection: close, added by the service) and only then close what
-    // is still idle. A request in flight at the end of the window still completes.
-    tokio::select! {
-        result = conn.as_mut() => return finished(result),
-        () = tokio::time::sleep_until(shared.linger_until().into()) => {}
+    if !http2.load(Ordering::Relaxed) {
+        // Closing an idle keep-alive connection now would race a client that is already
+        // sending its next request on it: the request would meet a reset. For a short while,
+        // answer such a request instead (with Connection: close, added by the service) and
+        // only then close what is still idle. A request in flight then still completes.
+        // HTTP/2 needs no such window: its GOAWAY tells the client which streams were taken.
+        tokio::select! {
+            result = conn.as_mut() => return finished(result),
+            () = tokio::time::sleep_until(shared.linger_until().into()) => {}
+        }
     }
     conn.as_mut().graceful_shutdown();
     finished(conn.await);

@@ -9,6 +9,7 @@ mod tracked;
 
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,10 @@ pub(crate) struct Shared {
     /// End of the window in which idle keep-alive connections are still answered; set just
     /// before the drain handle fires.
     linger_until: OnceLock<Instant>,
+    /// Requests for this path are answered by prefork: 200, or 503 once stopping.
+    health_path: Option<String>,
+    /// Set when a stop is requested, before the shutdown delay; the drain handle fires after.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -57,6 +62,10 @@ impl Shared {
             .get()
             .copied()
             .unwrap_or_else(Instant::now)
+    }
+
+    fn healthy(&self) -> bool {
+        !self.stopping.load(Ordering::Relaxed)
     }
 }
 
@@ -155,7 +164,11 @@ where
             return exit::FAILURE;
         }
     };
-    let mut stops = match Stops::new(Arc::clone(&channel), config.graceful_timeout) {
+    let mut stops = match Stops::new(
+        Arc::clone(&channel),
+        config.shutdown_delay,
+        config.graceful_timeout,
+    ) {
         Ok(stops) => stops,
         Err(e) => {
             error!("worker {slot}: cannot handle signals: {e}");
@@ -167,6 +180,8 @@ where
         drain,
         tracker: TaskTracker::new(),
         linger_until: OnceLock::new(),
+        health_path: config.health_path.clone(),
+        stopping: AtomicBool::new(false),
     });
     let mut accepting = Vec::new();
     for bound in listeners {
@@ -184,22 +199,48 @@ where
     tokio::spawn(channel::heartbeat(Arc::clone(&channel)));
     channel.send(ToMaster::Ready);
 
-    match stops.next().await {
-        Stop::Quit => {
-            info!("worker {slot}: closing {} connection(s) now", open(&shared));
-            exit::OK
-        }
-        Stop::Drain(deadline) => {
-            // Done means: every accept loop has taken what was queued, then every socket closed.
-            let done = async {
-                for task in accepting {
-                    let _ = task.await;
+    let Stop::Drain {
+        mut start,
+        mut deadline,
+    } = stops.next().await
+    else {
+        return quit(slot, &shared);
+    };
+    shared.stopping.store(true, Ordering::Relaxed);
+    if start > Instant::now() {
+        info!(
+            "worker {slot}: serving for the shutdown delay ({:?}), health checks failing",
+            start - Instant::now()
+        );
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(start.into()) => break,
+                stop = stops.next() => match stop {
+                    Stop::Quit => return quit(slot, &shared),
+                    Stop::Drain { start: s, deadline: d } => {
+                        start = start.min(s);
+                        deadline = deadline.min(d);
+                    }
                 }
-                shared.tracker.wait().await;
-            };
-            drain_until(slot, &shared, &mut stops, deadline, &config, done).await
+            }
         }
     }
+    // Done means: every accept loop has taken what was queued, then every socket closed.
+    let done = async {
+        for task in accepting {
+            let _ = task.await;
+        }
+        shared.tracker.wait().await;
+    };
+    drain_until(slot, &shared, &mut stops, deadline, &config, done).await
+}
+
+fn quit(slot: usize, shared: &Shared) -> u8 {
+    info!(
+        "worker {slot}: quick stop, closing {} connection(s) now",
+        open(shared)
+    );
+    exit::OK
 }
 
 /// Drains: fires the drain handle, stops accepting once the queue is empty, and waits until
@@ -236,11 +277,8 @@ async fn drain_until(
                 return exit::OK;
             }
             stop = stops.next() => match stop {
-                Stop::Quit => {
-                    info!("worker {slot}: quick stop, closing {} connection(s) now", open(shared));
-                    return exit::OK;
-                }
-                Stop::Drain(sooner) => deadline = deadline.min(sooner),
+                Stop::Quit => return quit(slot, shared),
+                Stop::Drain { deadline: sooner, .. } => deadline = deadline.min(sooner),
             }
         }
     }

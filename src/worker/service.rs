@@ -1,71 +1,121 @@
-//! The adapter between hyper and the application's tower service: it hands every request the
-//! drain handle and, once the drain has begun, asks HTTP/1 clients to close the connection.
+//! The adapter between hyper and the application's tower service: it answers the health path,
+//! hands every request the drain handle, and once the drain has begun asks HTTP/1 clients to
+//! close the connection.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use http::header::{CONNECTION, HeaderValue};
-use http::{Request, Response, Version};
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
-use crate::Drain;
+use super::Shared;
+use crate::AppService;
 
-#[derive(Clone)]
+/// The service of one connection.
 pub(crate) struct HyperService<S> {
     inner: S,
-    drain: Drain,
+    shared: Arc<Shared>,
+    /// Set once the connection carried an HTTP/2 request, so its drain can start with GOAWAY
+    /// at once instead of lingering as for HTTP/1.
+    http2: Arc<AtomicBool>,
 }
 
 impl<S> HyperService<S> {
-    pub(crate) fn new(inner: S, drain: Drain) -> Self {
-        Self { inner, drain }
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, http2: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            shared,
+            http2,
+        }
     }
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for HyperService<S>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone,
-{
-    type Response = Response<B>;
+impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<S> {
+    type Response = Response<Either<S::Body, Full<Bytes>>>;
     type Error = S::Error;
     type Future = ResponseFuture<S>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() <= Version::HTTP_11;
-        req.extensions_mut().insert(self.drain.clone());
-        ResponseFuture {
+        if !http1 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        // Only HTTP/1 is asked to close: HTTP/2 forbids the header and drains with GOAWAY.
+        let closing = http1.then(|| Arc::clone(&self.shared));
+        if self.shared.health_path.as_deref() == Some(req.uri().path()) {
+            return ResponseFuture::Health {
+                response: Some(health(self.shared.healthy())),
+                closing,
+            };
+        }
+        req.extensions_mut().insert(self.shared.drain.clone());
+        ResponseFuture::App {
             inner: self.inner.clone().oneshot(req),
-            drain: http1.then(|| self.drain.clone()),
+            closing,
         }
     }
 }
 
+fn health(healthy: bool) -> Response<Full<Bytes>> {
+    let (status, body) = if healthy {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 pin_project! {
-    pub(crate) struct ResponseFuture<S>
+    #[project = Projection]
+    pub(crate) enum ResponseFuture<S>
     where
-        S: tower::Service<Request<Incoming>>,
+        S: AppService,
     {
-        #[pin]
-        inner: Oneshot<S, Request<Incoming>>,
-        // Only for HTTP/1: HTTP/2 forbids the Connection header and drains with GOAWAY.
-        drain: Option<Drain>,
+        App {
+            #[pin]
+            inner: Oneshot<S, Request<Incoming>>,
+            closing: Option<Arc<Shared>>,
+        },
+        Health {
+            response: Option<Response<Full<Bytes>>>,
+            closing: Option<Arc<Shared>>,
+        },
     }
 }
 
-impl<S, B> Future for ResponseFuture<S>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Output = Result<Response<B>, S::Error>;
+impl<S: AppService> Future for ResponseFuture<S> {
+    type Output = Result<Response<Either<S::Body, Full<Bytes>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
-        if this.drain.as_ref().is_some_and(Drain::is_draining) {
+        let (mut response, closing) = match self.project() {
+            Projection::App { inner, closing } => {
+                let response = std::task::ready!(inner.poll(cx))?;
+                (response.map(Either::Left), closing)
+            }
+            Projection::Health { response, closing } => {
+                // Polled again only after it returned Ready, which hyper never does.
+                let response = response
+                    .take()
+                    .expect("health response polled after completion");
+                (response.map(Either::Right), closing)
+            }
+        };
+        if closing.as_ref().is_some_and(|s| s.drain.is_draining()) {
             // hyper reads this header and closes the connection once the response is written.
             response
                 .headers_mut()

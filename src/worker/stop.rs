@@ -13,8 +13,8 @@ use crate::control::ToWorker;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stop {
-    /// Drain, cutting what is left at the deadline.
-    Drain(Instant),
+    /// Serve normally until `start`, then drain, cutting what is left at `deadline`.
+    Drain { start: Instant, deadline: Instant },
     /// Close everything now.
     Quit,
 }
@@ -22,6 +22,7 @@ pub(crate) enum Stop {
 pub(crate) struct Stops {
     channel: Arc<Channel>,
     master_gone: bool,
+    shutdown_delay: Duration,
     graceful_timeout: Duration,
     term: Signal,
     int: Signal,
@@ -29,10 +30,15 @@ pub(crate) struct Stops {
 }
 
 impl Stops {
-    pub(crate) fn new(channel: Arc<Channel>, graceful_timeout: Duration) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        channel: Arc<Channel>,
+        shutdown_delay: Duration,
+        graceful_timeout: Duration,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             channel,
             master_gone: false,
+            shutdown_delay,
             graceful_timeout,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
@@ -41,22 +47,30 @@ impl Stops {
     }
 
     /// Waits for the next request to stop. A TERM (also what `PR_SET_PDEATHSIG` delivers when
-    /// the master dies) and the channel's EOF start a drain timed from now.
+    /// the master dies) and the channel's EOF start a drain timed from now, as the master
+    /// would have timed it.
     pub(crate) async fn next(&mut self) -> Stop {
-        let timed = |timeout| Stop::Drain(Instant::now() + timeout);
         tokio::select! {
             msg = self.channel.recv(), if !self.master_gone => match msg {
-                Some(ToWorker::Drain { deadline }) => Stop::Drain(deadline),
+                Some(ToWorker::Drain { start, deadline }) => Stop::Drain { start, deadline },
                 Some(ToWorker::Quit) => Stop::Quit,
                 None => {
                     self.master_gone = true;
                     warn!("the master is gone: draining");
-                    timed(self.graceful_timeout)
+                    self.timed()
                 }
             },
-            _ = self.term.recv() => timed(self.graceful_timeout),
+            _ = self.term.recv() => self.timed(),
             _ = self.int.recv() => Stop::Quit,
             _ = self.quit.recv() => Stop::Quit,
+        }
+    }
+
+    fn timed(&self) -> Stop {
+        let start = Instant::now() + self.shutdown_delay;
+        Stop::Drain {
+            start,
+            deadline: start + self.graceful_timeout,
         }
     }
 }

@@ -84,10 +84,6 @@ impl Conn {
         })
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        self.reader.get_ref()
-    }
-
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         self.reader

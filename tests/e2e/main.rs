@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `prefork` binary and the real `demo` example, on 127.0.0.1, with
 //! real signals. One test binary, so the suite links once.
 
+mod drain;
 mod harness;
 mod http;
+mod load;
 mod serve;

@@ -1,0 +1,159 @@
+//! The load-and-signal tool: real HTTP/1.1 clients hammering a server while a test signals it,
+//! counting every request as served, refused, or lost.
+//!
+//! A request is **lost** when the server had it and failed it: a reset, an empty reply or a
+//! truncated body on a connection that was opened before the signal (the server accepted it,
+//! or it sat in the accept queue, which a drain must serve) or that had already been answered
+//! on. A connection opened after the signal that is refused or reset before any answer was
+//! never accepted: that is **refused**, the expected fate of new clients of a stopping server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::http::{Conn, Failure};
+
+/// What a run of clients saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u64,
+    pub refused: u64,
+    pub lost: u64,
+    /// One line per lost request, for the failure message.
+    pub losses: Vec<String>,
+}
+
+impl Tally {
+    pub fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.lost += other.lost;
+        self.losses.extend(other.losses);
+    }
+
+    fn lose(&mut self, what: String) {
+        self.lost += 1;
+        self.losses.push(what);
+    }
+
+    /// Fails the test if anything was lost; also requires that something was served.
+    pub fn assert_nothing_lost(&self, context: &str) {
+        assert!(self.ok > 0, "{context}: no request was served: {self:?}");
+        assert_eq!(self.lost, 0, "{context}: lost requests: {:#?}", self.losses);
+    }
+}
+
+/// Clients running in threads until the server refuses them after the signal.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    signalled: Arc<OnceLock<Instant>>,
+    clients: Vec<JoinHandle<Tally>>,
+}
+
+impl Load {
+    /// `n` clients, each sending `GET path` on a keep-alive connection as fast as it can and
+    /// reconnecting when the server closes it.
+    pub fn keepalive(addr: SocketAddr, n: usize, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let signalled = Arc::new(OnceLock::new());
+        let clients = (0..n)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let signalled = Arc::clone(&signalled);
+                let path = path.to_string();
+                std::thread::spawn(move || client(addr, &path, &stop, &signalled))
+            })
+            .collect();
+        Load {
+            stop,
+            signalled,
+            clients,
+        }
+    }
+
+    /// Records that the signal was sent now. Call it right after sending: connections opened
+    /// before this moment must be served.
+    pub fn signalled(&self) {
+        let _ = self.signalled.set(Instant::now());
+    }
+
+    /// Stops the clients (each finishes its current request, bounded by the client timeouts)
+    /// and adds up what they saw.
+    pub fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = Tally::default();
+        for client in self.clients {
+            total.add(client.join().expect("a load client panicked"));
+        }
+        total
+    }
+}
+
+struct Open {
+    conn: Conn,
+    opened: Instant,
+    answered: u32,
+}
+
+fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, signalled: &OnceLock<Instant>) -> Tally {
+    let mut tally = Tally::default();
+    let mut open: Option<Open> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut current = match open.take() {
+            Some(current) => current,
+            None => {
+                let opened = Instant::now();
+                match Conn::connect(addr) {
+                    Ok(conn) => Open {
+                        conn,
+                        opened,
+                        answered: 0,
+                    },
+                    // A reset here is a handshake the kernel completed into the queue of a
+                    // listener that then closed: never accepted either.
+                    Err(Failure::Refused | Failure::Reset) if signalled.get().is_some() => {
+                        tally.refused += 1;
+                        break;
+                    }
+                    Err(Failure::Refused) => {
+                        tally.refused += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        continue;
+                    }
+                    Err(f) => {
+                        tally.lose(format!("connect failed: {f:?}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        match current.conn.get(path) {
+            Ok(response) if response.status == 200 => {
+                tally.ok += 1;
+                current.answered += 1;
+                if !response.closes() {
+                    open = Some(current);
+                }
+            }
+            Ok(response) => tally.lose(format!("status {}", response.status)),
+            Err(failure) => {
+                let after_signal = signalled.get().is_some_and(|at| current.opened > *at);
+                let never_accepted = current.answered == 0
+                    && after_signal
+                    && matches!(failure, Failure::Empty | Failure::Reset);
+                if never_accepted {
+                    tally.refused += 1;
+                } else {
+                    tally.lose(format!(
+                        "{failure:?} after {} answers on a connection opened {} the signal",
+                        current.answered,
+                        if after_signal { "after" } else { "before" }
+                    ));
+                }
+            }
+        }
+    }
+    tally
+}
