@@ -25,7 +25,18 @@ use serde::Deserialize;
 const TICK: Duration = Duration::from_millis(100);
 
 fn main() -> ExitCode {
-    prefork::main(|_worker| app())
+    prefork::main(|_worker| {
+        // An application that cannot start while this file exists: how the tests make a boot
+        // or a reload fail.
+        if let Some(path) = std::env::var_os("DEMO_FAIL_IF_EXISTS") {
+            assert!(
+                !std::path::Path::new(&path).exists(),
+                "DEMO_FAIL_IF_EXISTS: {} exists",
+                path.to_string_lossy()
+            );
+        }
+        app()
+    })
 }
 
 fn app() -> Router {

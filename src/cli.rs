@@ -63,6 +63,26 @@ struct ServeArgs {
     #[arg(long, value_name = "DUR", env = "PREFORK_GRACEFUL_TIMEOUT")]
     graceful_timeout: Option<String>,
 
+    /// Kill and replace a worker whose runtime sent no heartbeat for this long (a handler
+    /// blocking its thread); 0 turns the check off. [default: 30s]
+    #[arg(long, value_name = "DUR", env = "PREFORK_TIMEOUT")]
+    timeout: Option<String>,
+
+    /// How long a reload (HUP) waits for the new workers to be ready before it gives up and
+    /// keeps the old ones. [default: 30s]
+    #[arg(long, value_name = "DUR", env = "PREFORK_RELOAD_TIMEOUT")]
+    reload_timeout: Option<String>,
+
+    /// Replace a worker after it served this many requests (its replacement is ready first);
+    /// 0 means never. [default: 0]
+    #[arg(long, value_name = "N", env = "PREFORK_MAX_REQUESTS")]
+    max_requests: Option<String>,
+
+    /// Add up to this many requests, at random, to each worker's --max-requests, so workers do
+    /// not all retire at once. [default: 0]
+    #[arg(long, value_name = "N", env = "PREFORK_MAX_REQUESTS_JITTER")]
+    max_requests_jitter: Option<String>,
+
     /// Length of each listener's accept queue. [default: 2048]
     #[arg(long, value_name = "N", env = "PREFORK_BACKLOG")]
     backlog: Option<String>,
@@ -139,6 +159,17 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, 
     } else {
         Action::Serve(config)
     })
+}
+
+/// Reads the configuration again from the same command line, for a reload: the config file
+/// may have changed.
+pub(crate) fn reload(args: &[OsString]) -> Result<Config, Error> {
+    match parse(args.iter().cloned()) {
+        Ok(Action::Serve(config) | Action::Check(config)) => Ok(config),
+        Err(Exit::Usage(message)) => Err(Error::config(message)),
+        // The same arguments asked for no help the first time.
+        Err(Exit::Printed) => Err(Error::config("the command line asks for help")),
+    }
 }
 
 fn load(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, Error> {

@@ -15,6 +15,9 @@ pub(crate) enum ToMaster {
     Ready,
     /// The worker's runtime is alive; sent from a task on it, so a blocked runtime stops them.
     Heartbeat,
+    /// The worker reached its request limit and wants a replacement; it serves on until told
+    /// to drain.
+    Retiring,
 }
 
 /// A message from the master to a worker.
@@ -31,6 +34,7 @@ const LEN: usize = 17;
 
 const READY: u8 = 1;
 const HEARTBEAT: u8 = 2;
+const RETIRING: u8 = 3;
 const DRAIN: u8 = 10;
 const QUIT: u8 = 11;
 
@@ -55,6 +59,7 @@ impl ToMaster {
         let tag = match self {
             ToMaster::Ready => READY,
             ToMaster::Heartbeat => HEARTBEAT,
+            ToMaster::Retiring => RETIRING,
         };
         frame(tag, 0, 0)
     }
@@ -65,6 +70,7 @@ impl Message for ToMaster {
         match unframe(buf)? {
             (READY, ..) => Some(ToMaster::Ready),
             (HEARTBEAT, ..) => Some(ToMaster::Heartbeat),
+            (RETIRING, ..) => Some(ToMaster::Retiring),
             _ => None,
         }
     }
@@ -183,7 +189,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for msg in [ToMaster::Ready, ToMaster::Heartbeat] {
+        for msg in [ToMaster::Ready, ToMaster::Heartbeat, ToMaster::Retiring] {
             assert_eq!(ToMaster::decode(&msg.encode()), Some(msg));
         }
         assert_eq!(

@@ -95,15 +95,33 @@ impl WorkerContext {
     }
 }
 
+/// Reads the configuration again when the master is told to reload (SIGHUP).
+type Reconfigure = Box<dyn Fn() -> Result<Config, Error>>;
+
 /// A prefork server, ready to bind and run.
 pub struct Server {
     config: Config,
+    reconfigure: Option<Reconfigure>,
 }
 
 impl Server {
     /// A server that runs with `config`.
     pub fn new(config: Config) -> Self {
-        Self { config }
+        Self {
+            config,
+            reconfigure: None,
+        }
+    }
+
+    /// How a reload (SIGHUP) gets its new configuration. An error keeps the running workers
+    /// and is logged. Default: the configuration the server started with, so a reload
+    /// replaces every worker with a fresh one.
+    pub fn reload_with(
+        mut self,
+        reconfigure: impl Fn() -> Result<Config, Error> + 'static,
+    ) -> Self {
+        self.reconfigure = Some(Box::new(reconfigure));
+        self
     }
 
     /// Binds the listeners, forks the workers, and supervises them until a signal stops the
@@ -119,9 +137,15 @@ impl Server {
     {
         log::init(self.config.log_level);
         self.config.validate()?;
-        let listeners = master::listeners::bind_all(&self.config)?;
+        let listeners = master::listeners::bind_all(&self.config, &[])?;
         let boot = |handoff| worker::run(handoff, &factory);
-        master::Master::new(self.config, listeners, &boot)?.run()
+        let initial = self.config.clone();
+        let same = move || Ok(initial.clone());
+        let reconfigure: &dyn Fn() -> Result<Config, Error> = match &self.reconfigure {
+            Some(f) => f.as_ref(),
+            None => &same,
+        };
+        master::Master::new(self.config, listeners, &boot, reconfigure)?.run()
     }
 }
 
@@ -137,7 +161,8 @@ where
         eprintln!("prefork: error: {message}");
         ExitCode::from(code)
     };
-    match cli::parse(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match cli::parse(args.iter().cloned()) {
         Err(cli::Exit::Printed) => ExitCode::SUCCESS,
         Err(cli::Exit::Usage(message)) => fail(&message, exit::USAGE),
         Ok(cli::Action::Check(config)) => {
@@ -153,7 +178,10 @@ where
             );
             ExitCode::SUCCESS
         }
-        Ok(cli::Action::Serve(config)) => match Server::new(config).serve(factory) {
+        Ok(cli::Action::Serve(config)) => match Server::new(config)
+            .reload_with(move || cli::reload(&args))
+            .serve(factory)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e, e.exit_code()),
         },

@@ -41,6 +41,10 @@ pub struct Config {
     pub(crate) workers: usize,
     pub(crate) threads: usize,
     pub(crate) graceful_timeout: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) reload_timeout: Duration,
+    pub(crate) max_requests: u64,
+    pub(crate) max_requests_jitter: u64,
     pub(crate) backlog: u32,
     pub(crate) keepalive: Duration,
     pub(crate) linger: Duration,
@@ -59,6 +63,10 @@ impl Default for Config {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             threads: 1,
             graceful_timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            reload_timeout: Duration::from_secs(30),
+            max_requests: 0,
+            max_requests_jitter: 0,
             backlog: 2048,
             keepalive: Duration::from_secs(5),
             linger: Duration::from_secs(1),
@@ -96,6 +104,35 @@ impl Config {
     /// left is cut. Default: 30 s.
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.graceful_timeout = timeout;
+        self
+    }
+
+    /// How long a worker may go without a heartbeat from its runtime before the master kills
+    /// and replaces it: a handler blocking the runtime's thread hangs the worker. Zero turns
+    /// the check off. Default: 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a reload waits for every new worker to be ready before it gives up and keeps
+    /// the old workers. Default: 30 s.
+    pub fn reload_timeout(mut self, timeout: Duration) -> Self {
+        self.reload_timeout = timeout;
+        self
+    }
+
+    /// Requests a worker serves before it is replaced (its replacement is ready before it
+    /// stops accepting). Zero means never. Default: 0.
+    pub fn max_requests(mut self, n: u64) -> Self {
+        self.max_requests = n;
+        self
+    }
+
+    /// Up to this many requests added at random to each worker's `max_requests`, so workers
+    /// started together are not all replaced at once. Default: 0.
+    pub fn max_requests_jitter(mut self, n: u64) -> Self {
+        self.max_requests_jitter = n;
         self
     }
 
@@ -200,6 +237,10 @@ impl Config {
                 self.backlog = one(&|v| value::count(v, 1))?.min(i32::MAX as u64) as u32;
             }
             "graceful_timeout" => self.graceful_timeout = millis(one(&duration_ms)?),
+            "timeout" => self.timeout = millis(one(&duration_ms)?),
+            "reload_timeout" => self.reload_timeout = millis(one(&duration_ms)?),
+            "max_requests" => self.max_requests = one(&|v| value::count(v, 0))?,
+            "max_requests_jitter" => self.max_requests_jitter = one(&|v| value::count(v, 0))?,
             "keepalive" => self.keepalive = millis(one(&duration_ms)?),
             "linger" => self.linger = millis(one(&duration_ms)?),
             "shutdown_delay" => self.shutdown_delay = millis(one(&duration_ms)?),

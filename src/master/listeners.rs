@@ -6,48 +6,75 @@ use std::net::TcpListener;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Type};
 
 use crate::Error;
 use crate::config::{BindAddr, Config};
 
-/// One bound, listening, non-blocking socket.
+/// One bound, listening, non-blocking socket, with the address it was configured as.
 #[derive(Debug)]
-pub(crate) enum Listener {
+pub(crate) struct Listener {
+    /// As configured: port 0 stays 0 here, so that a reload keeps the port the kernel chose.
+    pub(crate) addr: BindAddr,
+    pub(crate) socket: Socket,
+}
+
+#[derive(Debug)]
+pub(crate) enum Socket {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener),
 }
 
 impl Listener {
     /// What clients connect to, with the port the kernel chose when the config said 0.
     pub(crate) fn describe(&self) -> String {
-        match self {
-            Listener::Tcp(l) => match l.local_addr() {
+        match &self.socket {
+            Socket::Tcp(l) => match l.local_addr() {
                 Ok(addr) => format!("http://{addr}"),
                 Err(_) => "tcp (address unknown)".to_string(),
             },
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+            Socket::Unix(_) => self.addr.to_string(),
         }
     }
 
     /// The socket file of a unix listener.
     pub(crate) fn socket_path(&self) -> Option<&Path> {
-        match self {
-            Listener::Tcp(_) => None,
-            Listener::Unix(_, path) => Some(path),
+        match &self.addr {
+            BindAddr::Tcp(_) => None,
+            BindAddr::Unix(path) => Some(path),
         }
+    }
+
+    /// Another descriptor for the same socket, for a second generation of workers.
+    fn try_clone(&self) -> io::Result<Listener> {
+        let socket = match &self.socket {
+            Socket::Tcp(l) => Socket::Tcp(l.try_clone()?),
+            Socket::Unix(l) => Socket::Unix(l.try_clone()?),
+        };
+        Ok(Listener {
+            addr: self.addr.clone(),
+            socket,
+        })
     }
 }
 
-/// Binds every configured address. On any failure the sockets bound so far are closed (and
-/// their socket files removed) and the error names the address and where it was configured.
-pub(crate) fn bind_all(config: &Config) -> Result<Vec<Listener>, Error> {
+/// Binds every configured address, reusing the socket of any address in `current` (so a
+/// reload keeps unchanged addresses, and their accept queues, open). On any failure the
+/// sockets bound here are closed (and their new socket files removed), and the error names
+/// the address and where it was configured.
+pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<Listener>, Error> {
     let mut bound = Vec::new();
+    let mut created = Vec::new();
     for addr in &config.bind {
-        match bind(addr, config.backlog) {
+        let result = match current.iter().find(|l| l.addr == *addr) {
+            Some(existing) => existing.try_clone(),
+            None => bind(addr, config.backlog)
+                .inspect(|l| created.extend(l.socket_path().map(PathBuf::from))),
+        };
+        match result {
             Ok(listener) => bound.push(listener),
             Err(e) => {
-                remove_socket_files(&socket_files(&bound));
+                remove_socket_files(&created);
                 return Err(Error::bind(format!(
                     "cannot listen on {addr} ({}): {e}",
                     config.bind_source
@@ -78,7 +105,7 @@ fn bind(addr: &BindAddr, backlog: u32) -> io::Result<Listener> {
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     match addr {
         BindAddr::Tcp(addr) => {
-            let socket = Socket::new(
+            let socket = socket2::Socket::new(
                 Domain::for_address(*addr),
                 Type::STREAM,
                 Some(Protocol::TCP),
@@ -91,15 +118,21 @@ fn bind(addr: &BindAddr, backlog: u32) -> io::Result<Listener> {
             socket.bind(&(*addr).into())?;
             socket.listen(backlog)?;
             socket.set_nonblocking(true)?;
-            Ok(Listener::Tcp(socket.into()))
+            Ok(Listener {
+                addr: BindAddr::Tcp(*addr),
+                socket: Socket::Tcp(socket.into()),
+            })
         }
         BindAddr::Unix(path) => {
             remove_stale_socket(path)?;
-            let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            let socket = socket2::Socket::new(Domain::UNIX, Type::STREAM, None)?;
             socket.bind(&SockAddr::unix(path)?)?;
             socket.listen(backlog)?;
             socket.set_nonblocking(true)?;
-            Ok(Listener::Unix(socket.into(), path.clone()))
+            Ok(Listener {
+                addr: BindAddr::Unix(path.clone()),
+                socket: Socket::Unix(socket.into()),
+            })
         }
     }
 }

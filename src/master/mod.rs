@@ -1,15 +1,17 @@
-//! The master process: binds nothing itself (that happened before), forks the workers and
-//! supervises them in a single-threaded loop that never touches tokio.
+//! The master process: forks the workers and supervises them in a single-threaded loop that
+//! never touches tokio.
 //!
 //! Each turn of the loop runs small idempotent steps — read signals, reap children, read worker
-//! messages, kill what is overdue, converge the worker count — and then sleeps in `poll` until
-//! a signal, a worker message or the next timer. State converges even when signals coalesce,
-//! because no step depends on how many signals arrived, only on what is true now.
+//! messages, kill what is hung or overdue, advance a reload, converge the worker count — and
+//! then sleeps in `poll` until a signal, a worker message or the next timer. State converges
+//! even when signals coalesce, because no step depends on how many signals arrived, only on
+//! what is true now.
 
 pub(crate) mod listeners;
 mod signals;
 mod workers;
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,6 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
-use std::os::fd::AsFd;
 use tracing::{debug, error, info, warn};
 
 use crate::Error;
@@ -40,9 +41,14 @@ const KILL_SLACK: Duration = Duration::from_millis(100);
 const MAX_BOOT_ATTEMPTS: u32 = 5;
 /// The longest the loop sleeps without a reason to wake.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// A gap this much longer than the longest sleep means the master itself was suspended
+/// (SIGSTOP, a frozen container): worker heartbeats were not read meanwhile, not missing.
+const SUSPENDED_AFTER: Duration = Duration::from_secs(2);
 
 /// The function a forked child runs as its whole life; it returns the exit status.
 pub(crate) type Boot<'a> = &'a dyn Fn(Handoff) -> u8;
+/// Reads the configuration again, for a reload.
+pub(crate) type Reconfigure<'a> = &'a dyn Fn() -> Result<Config, Error>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -50,15 +56,28 @@ enum Stop {
     Quick,
 }
 
+/// A reload under way: a new generation of workers starting beside the old one.
+struct Pending {
+    generation: u32,
+    config: Config,
+    listeners: Vec<Listener>,
+    deadline: Instant,
+}
+
 pub(crate) struct Master<'a> {
     config: Config,
     listeners: Vec<Listener>,
+    /// Unix socket files to remove at exit.
     socket_files: Vec<PathBuf>,
     boot: Boot<'a>,
+    reconfigure: Reconfigure<'a>,
     /// `None` only in a forked child, which closes it.
     signals: Option<Signals>,
     workers: Vec<Worker>,
-    /// Restart state per slot; slot `n` (numbered from 1) is `slots[n - 1]`.
+    /// The generation that serves; a reload starts the next one.
+    generation: u32,
+    pending: Option<Pending>,
+    /// Restart state per slot of the serving generation; slot `n` is `slots[n - 1]`.
     slots: Vec<Slot>,
     target: usize,
     stopping: Option<Stop>,
@@ -66,6 +85,7 @@ pub(crate) struct Master<'a> {
     announced_ready: bool,
     boot_failures: u32,
     boot_error: Option<Error>,
+    last_turn: Instant,
 }
 
 impl<'a> Master<'a> {
@@ -73,24 +93,28 @@ impl<'a> Master<'a> {
         config: Config,
         listeners: Vec<Listener>,
         boot: Boot<'a>,
+        reconfigure: Reconfigure<'a>,
     ) -> Result<Self, Error> {
         let signals =
             Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))?;
-        let socket_files = listeners::socket_files(&listeners);
         Ok(Self {
             target: config.workers,
+            socket_files: listeners::socket_files(&listeners),
             config,
             listeners,
-            socket_files,
             boot,
+            reconfigure,
             signals: Some(signals),
             workers: Vec::new(),
+            generation: 0,
+            pending: None,
             slots: Vec::new(),
             stopping: None,
             ever_ready: false,
             announced_ready: false,
             boot_failures: 0,
             boot_error: None,
+            last_turn: Instant::now(),
         })
     }
 
@@ -105,9 +129,11 @@ impl<'a> Master<'a> {
             self.target
         );
         loop {
+            self.notice_suspension();
             self.handle_signals();
             self.reap();
             self.read_messages();
+            self.kill_hung();
             self.kill_overdue();
             if let Some(err) = self.boot_error.take() {
                 self.abort_workers();
@@ -117,12 +143,25 @@ impl<'a> Master<'a> {
             if self.stopping.is_some() && self.workers.is_empty() {
                 break;
             }
+            self.advance_reload();
             self.converge();
             self.sleep();
         }
         listeners::remove_socket_files(&self.socket_files);
         info!("master (pid {}) stopped", getpid());
         Ok(())
+    }
+
+    fn notice_suspension(&mut self) {
+        let now = Instant::now();
+        let gap = now - self.last_turn;
+        self.last_turn = now;
+        if gap > MAX_SLEEP + SUSPENDED_AFTER {
+            warn!("the master did not run for {gap:.1?} (suspended?): restarting heartbeat clocks");
+            for worker in &mut self.workers {
+                worker.last_beat = now;
+            }
+        }
     }
 
     fn handle_signals(&mut self) {
@@ -135,6 +174,7 @@ impl<'a> Master<'a> {
             match sig {
                 Signal::SIGTERM => self.on_term(now),
                 Signal::SIGINT | Signal::SIGQUIT => self.on_quit(now, sig),
+                Signal::SIGHUP => self.on_hup(now),
                 Signal::SIGTTIN => self.on_ttin(),
                 Signal::SIGTTOU => self.on_ttou(),
                 // Children are reaped on every turn, whatever woke the loop.
@@ -149,7 +189,7 @@ impl<'a> Master<'a> {
             None => {
                 info!(
                     "SIGTERM: graceful stop, deadline in {:?}",
-                    self.config.graceful_timeout
+                    self.config.shutdown_delay + self.config.graceful_timeout
                 );
                 self.begin_stop(Stop::Graceful, now);
             }
@@ -182,8 +222,48 @@ impl<'a> Master<'a> {
         }
     }
 
+    /// Reload: read the configuration again, bind any new address, and start a new generation
+    /// of workers; the old one drains only once every new worker is ready.
+    fn on_hup(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.pending.is_some() {
+            info!("SIGHUP: a reload is already under way");
+            return;
+        }
+        let config = match (self.reconfigure)() {
+            Ok(config) => config,
+            Err(e) => {
+                error!("reload failed, keeping the running workers: {e}");
+                return;
+            }
+        };
+        let listeners = match listeners::bind_all(&config, &self.listeners) {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                error!("reload failed, keeping the running workers: {e}");
+                return;
+            }
+        };
+        let generation = self.generation + 1;
+        info!(
+            "SIGHUP: reloading, starting {} worker(s) of generation {generation}",
+            config.workers
+        );
+        self.pending = Some(Pending {
+            generation,
+            deadline: now + config.reload_timeout,
+            config,
+            listeners,
+        });
+    }
+
     fn begin_stop(&mut self, kind: Stop, now: Instant) {
         self.stopping = Some(kind);
+        if let Some(pending) = self.pending.take() {
+            self.abandon(pending, "the server is stopping");
+        }
         // Workers hold their own copies of the listening sockets; each socket closes when the
         // last draining worker lets go of it.
         self.listeners.clear();
@@ -232,6 +312,15 @@ impl<'a> Master<'a> {
             return;
         }
         error!("worker {slot} (pid {pid}) {status} unexpectedly");
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.generation == worker.generation)
+        {
+            let pending = self.pending.take().expect("checked just above");
+            self.abandon(pending, &format!("new worker {slot} {status}"));
+            return;
+        }
         if !worker.ready && !self.ever_ready {
             self.boot_failures += 1;
             if status == WorkerExit::Code(i32::from(exit::BOOT_FAILED)) {
@@ -244,6 +333,9 @@ impl<'a> Master<'a> {
                     self.boot_failures
                 )));
             }
+        }
+        if worker.generation != self.generation {
+            return;
         }
         if let Some(slot_state) = self.slots.get_mut(slot - 1) {
             let delay = slot_state.died(Instant::now() - worker.started);
@@ -265,19 +357,52 @@ impl<'a> Master<'a> {
                         info!("worker {} (pid {}) ready", worker.slot, worker.pid);
                     }
                     Received::Message(ToMaster::Heartbeat) => worker.last_beat = now,
+                    Received::Message(ToMaster::Retiring) => {
+                        if !worker.retiring && !worker.leaving {
+                            worker.retiring = true;
+                            info!(
+                                "worker {} (pid {}) reached its request limit: starting its replacement",
+                                worker.slot, worker.pid
+                            );
+                        }
+                    }
                     Received::Closed => worker.control = None,
                     Received::Empty => break,
                 }
             }
         }
-        let ready = self
-            .workers
-            .iter()
-            .filter(|w| w.ready && !w.leaving)
-            .count();
+        let ready = self.serving().filter(|w| w.ready).count();
         if !self.announced_ready && self.stopping.is_none() && ready >= self.target {
             self.announced_ready = true;
             info!("all {ready} worker(s) ready");
+        }
+    }
+
+    /// Workers of the serving generation that count towards the target.
+    fn serving(&self) -> impl Iterator<Item = &Worker> {
+        self.workers
+            .iter()
+            .filter(|w| w.generation == self.generation && !w.leaving && !w.retiring)
+    }
+
+    /// A worker whose runtime stopped heartbeating for `timeout` is hung (a handler blocking
+    /// its thread, a deadlock): kill it so that it is replaced. Draining workers beat too.
+    fn kill_hung(&mut self) {
+        let timeout = self.config.timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        for worker in &mut self.workers {
+            if !worker.killed && now - worker.last_beat > timeout {
+                error!(
+                    "worker {} (pid {}) sent no heartbeat for {:?}: killing it",
+                    worker.slot,
+                    worker.pid,
+                    now - worker.last_beat
+                );
+                worker.killed = kill(worker.pid, Signal::SIGKILL).is_ok();
+            }
         }
     }
 
@@ -297,8 +422,96 @@ impl<'a> Master<'a> {
         }
     }
 
-    /// Brings the set of serving workers to the target: drains workers in slots above it and
-    /// starts a worker in every empty slot whose restart delay has passed.
+    /// Starts the new generation's workers, gives up on them at the reload timeout, and once
+    /// every one is ready makes it the serving generation and drains the old one.
+    fn advance_reload(&mut self) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= pending.deadline {
+            let pending = self.pending.take().expect("checked just above");
+            let why = format!(
+                "new workers not ready within {:?}",
+                pending.config.reload_timeout
+            );
+            self.abandon(pending, &why);
+            return;
+        }
+        let (generation, wanted) = (pending.generation, pending.config.workers);
+        for slot in 1..=wanted {
+            if !self
+                .workers
+                .iter()
+                .any(|w| w.generation == generation && w.slot == slot)
+            {
+                self.spawn(slot, generation);
+            }
+        }
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.ready)
+            .count();
+        if ready < wanted {
+            return;
+        }
+        let pending = self.pending.take().expect("checked at the top");
+        for gone in self
+            .listeners
+            .iter()
+            .filter(|old| !pending.listeners.iter().any(|new| new.addr == old.addr))
+        {
+            info!("reload: no longer listening on {}", gone.describe());
+            if let Some(path) = gone.socket_path() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        for added in pending
+            .listeners
+            .iter()
+            .filter(|new| !self.listeners.iter().any(|old| old.addr == new.addr))
+        {
+            info!("reload: listening on {}", added.describe());
+        }
+        self.listeners = pending.listeners;
+        self.socket_files = listeners::socket_files(&self.listeners);
+        self.config = pending.config;
+        self.target = self.config.workers;
+        self.generation = generation;
+        self.slots.clear();
+        let drain = ToWorker::Drain {
+            start: now,
+            deadline: now + self.config.graceful_timeout,
+        };
+        for worker in &mut self.workers {
+            if worker.generation != generation && !worker.leaving {
+                tell(worker, drain, now);
+            }
+        }
+        info!("reload complete: generation {generation} serving, the old workers draining");
+    }
+
+    /// Gives up a reload: its workers never served, so they are killed, not drained.
+    fn abandon(&mut self, pending: Pending, why: &str) {
+        error!("reload failed, keeping the running workers: {why}");
+        for worker in &mut self.workers {
+            if worker.generation == pending.generation && !worker.killed {
+                worker.leaving = true;
+                worker.killed = kill(worker.pid, Signal::SIGKILL).is_ok();
+            }
+        }
+        for new in &pending.listeners {
+            let added = !self.listeners.iter().any(|old| old.addr == new.addr);
+            if let Some(path) = new.socket_path().filter(|_| added) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Brings the serving generation to the target: drains workers in slots above it, drains
+    /// retiring workers once their replacement is ready, and starts a worker in every empty
+    /// slot whose restart delay has passed.
     fn converge(&mut self) {
         if self.stopping.is_some() {
             return;
@@ -309,10 +522,20 @@ impl<'a> Master<'a> {
             start: now,
             deadline: now + self.config.graceful_timeout,
         };
+        let replaced: Vec<usize> = self.serving().filter(|w| w.ready).map(|w| w.slot).collect();
         for worker in &mut self.workers {
-            if worker.slot > self.target && !worker.leaving {
+            if worker.generation != self.generation || worker.leaving {
+                continue;
+            }
+            if worker.slot > self.target {
                 info!(
                     "worker {} (pid {}) draining: fewer workers wanted",
+                    worker.slot, worker.pid
+                );
+                tell(worker, drain, now);
+            } else if worker.retiring && replaced.contains(&worker.slot) {
+                info!(
+                    "worker {} (pid {}) draining: its replacement is ready",
                     worker.slot, worker.pid
                 );
                 tell(worker, drain, now);
@@ -322,19 +545,19 @@ impl<'a> Master<'a> {
             self.slots.resize_with(self.target, Slot::default);
         }
         for slot in 1..=self.target {
-            let occupied = self.workers.iter().any(|w| w.slot == slot && !w.leaving);
+            let occupied = self.serving().any(|w| w.slot == slot);
             if !occupied && self.slots[slot - 1].due(now) {
-                self.spawn(slot);
+                self.spawn(slot, self.generation);
             }
         }
     }
 
-    fn spawn(&mut self, slot: usize) {
+    fn spawn(&mut self, slot: usize, generation: u32) {
         let (master_end, worker_end) = match control::pair() {
             Ok(pair) => pair,
             Err(e) => {
                 error!("cannot create a control channel for worker {slot}: {e}");
-                self.slots[slot - 1].retry_later(Instant::now());
+                self.retry_later(slot, generation);
                 return;
             }
         };
@@ -345,29 +568,53 @@ impl<'a> Master<'a> {
             Ok(ForkResult::Parent { child }) => {
                 drop(worker_end);
                 info!("worker {slot} (pid {child}) spawned");
-                self.slots[slot - 1].filled();
-                self.workers.push(Worker::new(slot, child, master_end));
+                if generation == self.generation {
+                    self.slots[slot - 1].filled();
+                }
+                self.workers
+                    .push(Worker::new(slot, generation, child, master_end));
             }
             Ok(ForkResult::Child) => {
                 // Master-only descriptors go first: a worker holding a sibling's control
-                // channel would hide that sibling's EOF when the master dies.
+                // channel would hide that sibling's EOF when the master dies, and one holding
+                // the other generation's listeners would keep a dropped address open.
                 drop(master_end);
                 self.signals = None;
                 self.workers.clear();
+                // Nothing of the master is dropped at exit, so what is not taken is closed here.
+                let current = (std::mem::take(&mut self.listeners), self.config.clone());
+                let (listeners, config) = match self.pending.take() {
+                    Some(p) if p.generation == generation => {
+                        drop(current);
+                        (p.listeners, p.config)
+                    }
+                    other => {
+                        drop(other);
+                        current
+                    }
+                };
                 let handoff = Handoff {
                     slot,
                     master: master_pid,
                     control: worker_end,
-                    listeners: std::mem::take(&mut self.listeners),
-                    config: self.config.clone(),
+                    listeners,
+                    config,
                 };
                 let code = (self.boot)(handoff);
                 std::process::exit(i32::from(code));
             }
             Err(e) => {
                 error!("cannot fork worker {slot}: {e}");
-                self.slots[slot - 1].retry_later(Instant::now());
+                self.retry_later(slot, generation);
             }
+        }
+    }
+
+    fn retry_later(&mut self, slot: usize, generation: u32) {
+        if generation == self.generation {
+            self.slots[slot - 1].retry_later(Instant::now());
+        } else if let Some(pending) = self.pending.take() {
+            self.abandon(pending, "a new worker could not be started");
         }
     }
 
@@ -387,10 +634,10 @@ impl<'a> Master<'a> {
             }
         }
         // Round up so that the loop does not wake a hair early and spin.
-        let ms = (wake
+        let ms = wake
             .saturating_duration_since(now)
             .as_micros()
-            .div_ceil(1000)) as u16;
+            .div_ceil(1000) as u16;
         let Some(signals) = &self.signals else {
             return;
         };

@@ -19,12 +19,16 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 pub(crate) struct Worker {
     /// Stable number of the place this worker fills, from 1; a replacement takes the same one.
     pub(crate) slot: usize,
+    /// Reloads start a new generation beside the serving one.
+    pub(crate) generation: u32,
     pub(crate) pid: Pid,
     /// The master's end of the control channel; `None` once the worker closed its end.
     pub(crate) control: Option<OwnedFd>,
     pub(crate) started: Instant,
     pub(crate) ready: bool,
     pub(crate) last_beat: Instant,
+    /// Reached its request limit: serves on until its replacement is ready.
+    pub(crate) retiring: bool,
     /// Told to drain or quit: no longer counts towards the target.
     pub(crate) leaving: bool,
     /// When the master SIGKILLs it if it is still alive.
@@ -33,15 +37,17 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(slot: usize, pid: Pid, control: OwnedFd) -> Self {
+    pub(crate) fn new(slot: usize, generation: u32, pid: Pid, control: OwnedFd) -> Self {
         let now = Instant::now();
         Self {
             slot,
+            generation,
             pid,
             control: Some(control),
             started: now,
             ready: false,
             last_beat: now,
+            retiring: false,
             leaving: false,
             kill_at: None,
             killed: false,

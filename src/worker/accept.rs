@@ -11,7 +11,7 @@ use tracing::{error, warn};
 
 use super::{Shared, connection};
 use crate::AppService;
-use crate::master::listeners::Listener as Bound;
+use crate::master::listeners::{Listener as Bound, Socket};
 
 /// After a failed accept that is not one client's doing (out of descriptors, out of memory),
 /// how long to wait before trying again instead of spinning.
@@ -71,9 +71,9 @@ impl Stream {
 impl Listener {
     /// Registers an inherited listener with the worker's runtime.
     pub(crate) fn adopt(bound: Bound) -> io::Result<Self> {
-        Ok(match bound {
-            Bound::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
-            Bound::Unix(l, _) => Listener::Unix(UnixListener::from_std(l)?),
+        Ok(match bound.socket {
+            Socket::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Socket::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
         })
     }
 

@@ -9,8 +9,10 @@ use tokio::io::unix::AsyncFd;
 
 use crate::control::{self, Received, ToMaster, ToWorker};
 
-/// How often a worker tells the master it is alive.
+/// How often a worker tells the master it is alive, at most; a short `timeout` asks for more.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// The most often a worker beats, however short the timeout.
+const HEARTBEAT_FASTEST: Duration = Duration::from_millis(50);
 
 pub(crate) struct Channel {
     fd: AsyncFd<OwnedFd>,
@@ -44,8 +46,14 @@ impl Channel {
 
 /// Beats for as long as the runtime runs tasks: a handler that blocks the runtime's thread
 /// stops the beats, which is how the master tells a hung worker from a busy one.
-pub(crate) async fn heartbeat(channel: Arc<Channel>) {
-    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+pub(crate) async fn heartbeat(channel: Arc<Channel>, timeout: Duration) {
+    // Four beats per timeout, so a late beat or two never looks like a hang.
+    let period = if timeout.is_zero() {
+        HEARTBEAT_EVERY
+    } else {
+        (timeout / 4).clamp(HEARTBEAT_FASTEST, HEARTBEAT_EVERY)
+    };
+    let mut every = tokio::time::interval(period);
     loop {
         every.tick().await;
         channel.send(ToMaster::Heartbeat);

@@ -9,7 +9,7 @@ mod tracked;
 
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,10 @@ pub(crate) struct Shared {
     health_path: Option<String>,
     /// Set when a stop is requested, before the shutdown delay; the drain handle fires after.
     stopping: AtomicBool,
+    channel: Arc<Channel>,
+    /// Requests served, and after how many the worker asks to be replaced.
+    served: AtomicU64,
+    retire_after: Option<u64>,
 }
 
 impl Shared {
@@ -66,6 +70,14 @@ impl Shared {
 
     fn healthy(&self) -> bool {
         !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request; the one that reaches the limit asks the master for a replacement.
+    fn count_request(&self) {
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if Some(served) == self.retire_after {
+            self.channel.send(ToMaster::Retiring);
+        }
     }
 }
 
@@ -182,6 +194,9 @@ where
         linger_until: OnceLock::new(),
         health_path: config.health_path.clone(),
         stopping: AtomicBool::new(false),
+        channel: Arc::clone(&channel),
+        served: AtomicU64::new(0),
+        retire_after: retire_after(&config),
     });
     let mut accepting = Vec::new();
     for bound in listeners {
@@ -196,7 +211,7 @@ where
             }
         }
     }
-    tokio::spawn(channel::heartbeat(Arc::clone(&channel)));
+    tokio::spawn(channel::heartbeat(Arc::clone(&channel), config.timeout));
     channel.send(ToMaster::Ready);
 
     let Stop::Drain {
@@ -282,6 +297,17 @@ async fn drain_until(
             }
         }
     }
+}
+
+/// `max_requests` plus this worker's share of the jitter; `None` when unlimited. The jitter is
+/// drawn from the pid, which differs between workers started together.
+fn retire_after(config: &Config) -> Option<u64> {
+    if config.max_requests == 0 {
+        return None;
+    }
+    let spread = config.max_requests_jitter.saturating_add(1);
+    let draw = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    Some(config.max_requests.saturating_add(draw % spread))
 }
 
 /// Open sockets, upgraded ones included.

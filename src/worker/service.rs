@@ -57,6 +57,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
                 closing,
             };
         }
+        self.shared.count_request();
         req.extensions_mut().insert(self.shared.drain.clone());
         ResponseFuture::App {
             inner: self.inner.clone().oneshot(req),

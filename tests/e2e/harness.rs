@@ -79,6 +79,12 @@ impl Builder {
         self
     }
 
+    /// The addresses come from a config file: add no `--bind`.
+    pub fn bind_from_config(mut self) -> Self {
+        self.bind_given = true;
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.cmd.env(key, value);
         self
@@ -210,15 +216,10 @@ impl Server {
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
-        self.wait_log_after(needle, 0, timeout)
-    }
-
-    /// Like [`Server::wait_log`], looking only at lines after the first `skip`.
-    pub fn wait_log_after(&self, needle: &str, skip: usize, timeout: Duration) -> String {
         let until = Instant::now() + timeout;
         let mut lines = self.log.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().skip(skip).find(|l| l.contains(needle)) {
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
                 return line.clone();
             }
             let left = until.saturating_duration_since(Instant::now());
@@ -231,8 +232,33 @@ impl Server {
         }
     }
 
-    pub fn log_len(&self) -> usize {
-        self.log.lines.lock().unwrap().len()
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `n` log lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
+                return;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "fewer than {n} log lines with {needle:?} within {timeout:?}; log:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
     }
 
     pub fn log(&self) -> String {

@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `prefork` binary and the real `demo` example, on 127.0.0.1, with
 //! real signals. One test binary, so the suite links once.
 
+mod docs;
 mod drain;
 mod harness;
 mod http;
 mod load;
 mod serve;
+mod supervise;

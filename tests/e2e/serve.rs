@@ -323,7 +323,9 @@ fn bad_input_is_one_line_and_exit_2() {
     let missing_root = dir.path().join("nope");
     let missing_root = missing_root.to_str().unwrap();
 
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (arguments, environment, what the message must say)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["serve", "--wrokers", "3"], vec![], "--wrokers"),
         (
             vec!["serve", "--graceful-timeout", "5x"],
