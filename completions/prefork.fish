@@ -1,0 +1,66 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_prefork_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_prefork_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_prefork_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_prefork_using_subcommand
+    set -l cmd (__fish_prefork_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c prefork -n "__fish_prefork_needs_command" -s h -l help -d 'Print help'
+complete -c prefork -n "__fish_prefork_needs_command" -s V -l version -d 'Print version'
+complete -c prefork -n "__fish_prefork_needs_command" -f -a "serve" -d 'Start the master and its workers and serve until stopped by a signal'
+complete -c prefork -n "__fish_prefork_needs_command" -f -a "check" -d 'Validate the configuration `serve` would use (options, environment, config file, root directory) without binding or starting anything; exit 0 when valid, 2 otherwise'
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l threads -d 'Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one. [default: 1]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l graceful-timeout -d 'How long a graceful stop (TERM) may take before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l timeout -d 'Kill and replace a worker whose runtime sent no heartbeat for this long (a handler blocking its thread); 0 turns the check off. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l reload-timeout -d 'How long a reload (HUP) waits for the new workers to be ready before it gives up and keeps the old ones. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l max-requests -d 'Replace a worker after it served this many requests (its replacement is ready first); 0 means never. [default: 0]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l max-requests-jitter -d 'Add up to this many requests, at random, to each worker\'s --max-requests, so workers do not all retire at once. [default: 0]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l backlog -d 'Length of each listener\'s accept queue. [default: 2048]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l keepalive -d 'How long an idle keep-alive connection waits for its next request; also bounds how long a client may take to send request headers. 0 turns keep-alive off. [default: 5s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l linger -d 'How long a draining worker keeps idle keep-alive connections open for a request that may already be on its way (served with Connection: close). [default: 1s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l shutdown-delay -d 'After TERM, keep serving normally this long, with the health path answering 503, so load balancers stop sending traffic before the drain begins. The graceful timeout starts after it. [default: 0]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s c -l config -d 'TOML config file whose keys are the option names above' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l threads -d 'Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one. [default: 1]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l graceful-timeout -d 'How long a graceful stop (TERM) may take before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l timeout -d 'Kill and replace a worker whose runtime sent no heartbeat for this long (a handler blocking its thread); 0 turns the check off. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l reload-timeout -d 'How long a reload (HUP) waits for the new workers to be ready before it gives up and keeps the old ones. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l max-requests -d 'Replace a worker after it served this many requests (its replacement is ready first); 0 means never. [default: 0]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l max-requests-jitter -d 'Add up to this many requests, at random, to each worker\'s --max-requests, so workers do not all retire at once. [default: 0]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l backlog -d 'Length of each listener\'s accept queue. [default: 2048]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l keepalive -d 'How long an idle keep-alive connection waits for its next request; also bounds how long a client may take to send request headers. 0 turns keep-alive off. [default: 5s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l linger -d 'How long a draining worker keeps idle keep-alive connections open for a request that may already be on its way (served with Connection: close). [default: 1s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l shutdown-delay -d 'After TERM, keep serving normally this long, with the health path answering 503, so load balancers stop sending traffic before the drain begins. The graceful timeout starts after it. [default: 0]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s c -l config -d 'TOML config file whose keys are the option names above' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s h -l help -d 'Print help'
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s V -l version -d 'Print version'
