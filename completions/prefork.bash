@@ -43,7 +43,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__check)
-            opts="-b -w -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --root --log-level --config --help --version"
+            opts="-b -w -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -114,6 +114,18 @@ _prefork() {
                     return 0
                     ;;
                 --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --error-logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --access-logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -133,7 +145,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__serve)
-            opts="-b -w -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --root --log-level --config --help --version"
+            opts="-b -w -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -204,6 +216,18 @@ _prefork() {
                     return 0
                     ;;
                 --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --error-logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --access-logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -43,6 +43,9 @@ complete -c prefork -n "__fish_prefork_using_subcommand serve" -l shutdown-delay
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l access-logfile -d 'Where workers log one line per request (combined log format plus the seconds the response took to start): a file (appended to, reopened on USR1) or - for standard output. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s c -l config -d 'TOML config file whose keys are the option names above' -r -F
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s V -l version -d 'Print version'
@@ -61,6 +64,9 @@ complete -c prefork -n "__fish_prefork_using_subcommand check" -l shutdown-delay
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l access-logfile -d 'Where workers log one line per request (combined log format plus the seconds the response took to start): a file (appended to, reopened on USR1) or - for standard output. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s c -l config -d 'TOML config file whose keys are the option names above' -r -F
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s h -l help -d 'Print help'
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s V -l version -d 'Print version'

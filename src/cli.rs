@@ -116,6 +116,22 @@ struct ServeArgs {
     #[arg(long, value_name = "LEVEL", env = "PREFORK_LOG_LEVEL")]
     log_level: Option<String>,
 
+    /// How log lines are written: text, or json (one object per line, for the error log and
+    /// the access log). [default: text]
+    #[arg(long, value_name = "FORMAT", env = "PREFORK_LOG_FORMAT")]
+    log_format: Option<String>,
+
+    /// Where the master and workers log events: a file (appended to, reopened on USR1) or -
+    /// for standard error. [default: -]
+    #[arg(long, value_name = "PATH", env = "PREFORK_ERROR_LOGFILE")]
+    error_logfile: Option<String>,
+
+    /// Where workers log one line per request (combined log format plus the seconds the
+    /// response took to start): a file (appended to, reopened on USR1) or - for standard
+    /// output. [default: none]
+    #[arg(long, value_name = "PATH", env = "PREFORK_ACCESS_LOGFILE")]
+    access_logfile: Option<String>,
+
     /// TOML config file whose keys are the option names above.
     #[arg(short, long, value_name = "FILE", env = "PREFORK_CONFIG")]
     config: Option<PathBuf>,

@@ -23,6 +23,15 @@ pub(crate) enum ToMaster {
 /// A message from the master to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ToWorker {
+    /// Stop, one way or the other.
+    Leave(Leave),
+    /// Reopen the log files (logrotate moved them).
+    ReopenLogs,
+}
+
+/// How a worker is told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leave {
     /// Serve normally until `start` (the shutdown delay, for load balancers), then stop
     /// accepting, finish what is in flight, and exit; cut what is left at `deadline`.
     Drain { start: Instant, deadline: Instant },
@@ -37,6 +46,7 @@ const HEARTBEAT: u8 = 2;
 const RETIRING: u8 = 3;
 const DRAIN: u8 = 10;
 const QUIT: u8 = 11;
+const REOPEN_LOGS: u8 = 12;
 
 /// A connected pair: the first end is the master's, the second the worker's. Both are
 /// close-on-exec and non-blocking; a fork without exec keeps them.
@@ -79,8 +89,11 @@ impl Message for ToMaster {
 impl ToWorker {
     pub(crate) fn encode(self) -> [u8; LEN] {
         match self {
-            ToWorker::Drain { start, deadline } => frame(DRAIN, to_wire(start), to_wire(deadline)),
-            ToWorker::Quit => frame(QUIT, 0, 0),
+            ToWorker::Leave(Leave::Drain { start, deadline }) => {
+                frame(DRAIN, to_wire(start), to_wire(deadline))
+            }
+            ToWorker::Leave(Leave::Quit) => frame(QUIT, 0, 0),
+            ToWorker::ReopenLogs => frame(REOPEN_LOGS, 0, 0),
         }
     }
 }
@@ -88,11 +101,12 @@ impl ToWorker {
 impl Message for ToWorker {
     fn decode(buf: &[u8]) -> Option<Self> {
         match unframe(buf)? {
-            (DRAIN, start, deadline) => Some(ToWorker::Drain {
+            (DRAIN, start, deadline) => Some(ToWorker::Leave(Leave::Drain {
                 start: from_wire(start),
                 deadline: from_wire(deadline),
-            }),
-            (QUIT, ..) => Some(ToWorker::Quit),
+            })),
+            (QUIT, ..) => Some(ToWorker::Leave(Leave::Quit)),
+            (REOPEN_LOGS, ..) => Some(ToWorker::ReopenLogs),
             _ => None,
         }
     }
@@ -192,16 +206,16 @@ mod tests {
         for msg in [ToMaster::Ready, ToMaster::Heartbeat, ToMaster::Retiring] {
             assert_eq!(ToMaster::decode(&msg.encode()), Some(msg));
         }
-        assert_eq!(
-            ToWorker::decode(&ToWorker::Quit.encode()),
-            Some(ToWorker::Quit)
-        );
+        for msg in [ToWorker::Leave(Leave::Quit), ToWorker::ReopenLogs] {
+            assert_eq!(ToWorker::decode(&msg.encode()), Some(msg));
+        }
         let start = Instant::now() + Duration::from_secs(2);
         let deadline = start + Duration::from_secs(7);
-        let Some(ToWorker::Drain {
+        let drain = ToWorker::Leave(Leave::Drain { start, deadline });
+        let Some(ToWorker::Leave(Leave::Drain {
             start: start_back,
             deadline: deadline_back,
-        }) = ToWorker::decode(&ToWorker::Drain { start, deadline }.encode())
+        })) = ToWorker::decode(&drain.encode())
         else {
             panic!("drain did not round-trip");
         };

@@ -20,6 +20,7 @@
 //! [`main`] (or [`Server::serve`]) from a plain `fn main`, before any thread or async runtime
 //! exists: the master forks, and a fork from a multi-threaded process is unsafe.
 
+mod access_log;
 pub mod app;
 mod cli;
 mod config;
@@ -37,7 +38,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 pub use cli::command;
-pub use config::{BindAddr, Config, Source};
+pub use config::{BindAddr, Config, LogFormat, LogTarget, Source};
 pub use drain::Drain;
 pub use error::Error;
 
@@ -135,8 +136,8 @@ impl Server {
         F: Fn(&WorkerContext) -> S,
         S: AppService,
     {
-        log::init(self.config.log_level);
         self.config.validate()?;
+        log::init(&self.config)?;
         let listeners = master::listeners::bind_all(&self.config, &[])?;
         let boot = |handoff| worker::run(handoff, &factory);
         let initial = self.config.clone();

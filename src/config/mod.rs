@@ -10,6 +10,17 @@ use std::time::Duration;
 
 pub use source::Source;
 
+pub use crate::log::LogTarget;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; the access log in the combined log format.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 use crate::Error;
 
 /// An address the master listens on.
@@ -53,6 +64,11 @@ pub struct Config {
     pub(crate) root: PathBuf,
     pub(crate) root_source: Source,
     pub(crate) log_level: tracing::Level,
+    pub(crate) log_format: LogFormat,
+    pub(crate) error_logfile: LogTarget,
+    pub(crate) error_logfile_source: Source,
+    pub(crate) access_logfile: Option<LogTarget>,
+    pub(crate) access_logfile_source: Source,
 }
 
 impl Default for Config {
@@ -75,6 +91,11 @@ impl Default for Config {
             root: PathBuf::from("."),
             root_source: Source::Default,
             log_level: tracing::Level::INFO,
+            log_format: LogFormat::Text,
+            error_logfile: LogTarget::Standard,
+            error_logfile_source: Source::Default,
+            access_logfile: None,
+            access_logfile_source: Source::Default,
         }
     }
 }
@@ -186,6 +207,26 @@ impl Config {
         self
     }
 
+    /// How log lines are written. Default: [`LogFormat::Text`].
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.log_format = format;
+        self
+    }
+
+    /// Where the master and the workers log events. Default: standard error.
+    pub fn error_logfile(mut self, target: LogTarget) -> Self {
+        self.error_logfile = target;
+        self.error_logfile_source = Source::Api;
+        self
+    }
+
+    /// Where the workers log one line per request. Default: none.
+    pub fn access_logfile(mut self, target: Option<LogTarget>) -> Self {
+        self.access_logfile = target;
+        self.access_logfile_source = Source::Api;
+        self
+    }
+
     /// The directory the built-in static file app serves.
     pub fn root_dir(&self) -> &Path {
         &self.root
@@ -250,6 +291,20 @@ impl Config {
             "root" => {
                 self.root = PathBuf::from(last);
                 self.root_source = source.clone();
+            }
+            "log_format" => {
+                self.log_format =
+                    value::log_format(last).map_err(|reason| invalid(last, reason))?;
+            }
+            "error_logfile" => {
+                self.error_logfile =
+                    value::log_target(last).map_err(|reason| invalid(last, reason))?;
+                self.error_logfile_source = source.clone();
+            }
+            "access_logfile" => {
+                self.access_logfile =
+                    Some(value::log_target(last).map_err(|reason| invalid(last, reason))?);
+                self.access_logfile_source = source.clone();
             }
             "log_level" => {
                 self.log_level = value::log_level(last).map_err(|reason| invalid(last, reason))?;

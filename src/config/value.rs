@@ -75,6 +75,24 @@ pub(crate) fn path(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// `text` or `json`.
+pub(crate) fn log_format(text: &str) -> Result<super::LogFormat, String> {
+    match text.trim() {
+        "text" => Ok(super::LogFormat::Text),
+        "json" => Ok(super::LogFormat::Json),
+        _ => Err("expected text or json".to_string()),
+    }
+}
+
+/// `-` for the standard stream, otherwise a file path.
+pub(crate) fn log_target(text: &str) -> Result<super::LogTarget, String> {
+    match text {
+        "" => Err("expected a file path, or - for the standard stream".to_string()),
+        "-" => Ok(super::LogTarget::Standard),
+        path => Ok(super::LogTarget::File(PathBuf::from(path))),
+    }
+}
+
 /// One of the levels `tracing` knows.
 pub(crate) fn log_level(text: &str) -> Result<tracing::Level, String> {
     text.trim()

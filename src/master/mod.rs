@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::Error;
 use crate::config::Config;
-use crate::control::{self, Received, ToMaster, ToWorker};
+use crate::control::{self, Leave, Received, ToMaster, ToWorker};
 use crate::exit;
 use crate::worker::Handoff;
 use listeners::Listener;
@@ -175,6 +175,7 @@ impl<'a> Master<'a> {
                 Signal::SIGTERM => self.on_term(now),
                 Signal::SIGINT | Signal::SIGQUIT => self.on_quit(now, sig),
                 Signal::SIGHUP => self.on_hup(now),
+                Signal::SIGUSR1 => self.on_usr1(),
                 Signal::SIGTTIN => self.on_ttin(),
                 Signal::SIGTTOU => self.on_ttou(),
                 // Children are reaped on every turn, whatever woke the loop.
@@ -205,6 +206,18 @@ impl<'a> Master<'a> {
         if self.stopping != Some(Stop::Quick) {
             info!("{sig}: quick stop");
             self.begin_stop(Stop::Quick, now);
+        }
+    }
+
+    /// Reopen the log files, here and in every worker (logrotate's postrotate).
+    fn on_usr1(&mut self) {
+        info!("SIGUSR1: reopening log files");
+        crate::log::reopen();
+        let msg = ToWorker::ReopenLogs.encode();
+        for worker in &self.workers {
+            if let Some(fd) = &worker.control {
+                control::send(fd, &msg);
+            }
         }
     }
 
@@ -272,12 +285,12 @@ impl<'a> Master<'a> {
                 // Load balancers get the shutdown delay to notice (health checks answer 503)
                 // before the drain proper, and its graceful timeout, begin.
                 let start = now + self.config.shutdown_delay;
-                ToWorker::Drain {
+                Leave::Drain {
                     start,
                     deadline: start + self.config.graceful_timeout,
                 }
             }
-            Stop::Quick => ToWorker::Quit,
+            Stop::Quick => Leave::Quit,
         };
         for worker in &mut self.workers {
             tell(worker, msg, now);
@@ -480,7 +493,7 @@ impl<'a> Master<'a> {
         self.target = self.config.workers;
         self.generation = generation;
         self.slots.clear();
-        let drain = ToWorker::Drain {
+        let drain = Leave::Drain {
             start: now,
             deadline: now + self.config.graceful_timeout,
         };
@@ -518,7 +531,7 @@ impl<'a> Master<'a> {
         }
         let now = Instant::now();
         // One worker leaving changes nothing a load balancer can see: no shutdown delay.
-        let drain = ToWorker::Drain {
+        let drain = Leave::Drain {
             start: now,
             deadline: now + self.config.graceful_timeout,
         };
@@ -665,15 +678,15 @@ impl<'a> Master<'a> {
 }
 
 /// Sends `msg` and records that the worker is on its way out, with the moment to kill it.
-fn tell(worker: &mut Worker, msg: ToWorker, now: Instant) {
-    let (fallback, kill_at) = match msg {
-        ToWorker::Drain { deadline, .. } => (Signal::SIGTERM, deadline + KILL_SLACK),
-        ToWorker::Quit => (Signal::SIGQUIT, now + QUICK_GRACE),
+fn tell(worker: &mut Worker, leave: Leave, now: Instant) {
+    let (fallback, kill_at) = match leave {
+        Leave::Drain { deadline, .. } => (Signal::SIGTERM, deadline + KILL_SLACK),
+        Leave::Quit => (Signal::SIGQUIT, now + QUICK_GRACE),
     };
     let sent = worker
         .control
         .as_ref()
-        .is_some_and(|fd| control::send(fd, &msg.encode()));
+        .is_some_and(|fd| control::send(fd, &ToWorker::Leave(leave).encode()));
     if !sent {
         // The worker treats these signals as the same requests, with its own clock for the
         // deadline; the master's SIGKILL still bounds it.

@@ -2,6 +2,7 @@
 //! begins.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,15 +56,15 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: A
 
 /// An accepted connection.
 enum Stream {
-    Tcp(TcpStream),
+    Tcp(TcpStream, SocketAddr),
     Unix(UnixStream),
 }
 
 impl Stream {
     fn serve<S: AppService>(self, service: S, shared: &Arc<Shared>) {
         match self {
-            Stream::Tcp(stream) => connection::spawn(stream, service, shared),
-            Stream::Unix(stream) => connection::spawn(stream, service, shared),
+            Stream::Tcp(stream, peer) => connection::spawn(stream, Some(peer), service, shared),
+            Stream::Unix(stream) => connection::spawn(stream, None, service, shared),
         }
     }
 }
@@ -80,10 +81,10 @@ impl Listener {
     async fn accept(&self) -> io::Result<Stream> {
         Ok(match self {
             Listener::Tcp(l) => {
-                let (stream, _) = l.accept().await?;
+                let (stream, peer) = l.accept().await?;
                 // Responses are written whole; Nagle's delay would only add latency.
                 stream.set_nodelay(true)?;
-                Stream::Tcp(stream)
+                Stream::Tcp(stream, peer)
             }
             Listener::Unix(l) => Stream::Unix(l.accept().await?.0),
         })
@@ -97,8 +98,8 @@ impl Listener {
             Listener::Tcp(l) => SockRef::from(l).accept(),
             Listener::Unix(l) => SockRef::from(l).accept(),
         };
-        let socket = match accepted {
-            Ok((socket, _)) => socket,
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
         };
@@ -106,7 +107,8 @@ impl Listener {
         Ok(Some(match self {
             Listener::Tcp(_) => {
                 socket.set_tcp_nodelay(true)?;
-                Stream::Tcp(TcpStream::from_std(socket.into())?)
+                let peer = peer.as_socket().ok_or(io::ErrorKind::InvalidData)?;
+                Stream::Tcp(TcpStream::from_std(socket.into())?, peer)
             }
             Listener::Unix(_) => Stream::Unix(UnixStream::from_std(socket.into())?),
         }))

@@ -1,5 +1,6 @@
 //! Serving one connection, and draining it without losing a request that is on its way.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,23 +15,27 @@ use crate::AppService;
 
 /// Serves `io` on its own task. The socket counts as open work until it is closed, even if it
 /// is upgraded and handed to the application.
-pub(crate) fn spawn<IO, S>(io: IO, service: S, shared: &Arc<Shared>)
+pub(crate) fn spawn<IO, S>(io: IO, peer: Option<SocketAddr>, service: S, shared: &Arc<Shared>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
     let io = TokioIo::new(Tracked::new(io, shared.tracker.token()));
     let shared = Arc::clone(shared);
-    tokio::spawn(async move { serve(io, service, shared).await });
+    tokio::spawn(async move { serve(io, peer, service, shared).await });
 }
 
-async fn serve<IO, S>(io: TokioIo<Tracked<IO>>, service: S, shared: Arc<Shared>)
-where
+async fn serve<IO, S>(
+    io: TokioIo<Tracked<IO>>,
+    peer: Option<SocketAddr>,
+    service: S,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
     let http2 = Arc::new(AtomicBool::new(false));
-    let service = HyperService::new(service, Arc::clone(&shared), Arc::clone(&http2));
+    let service = HyperService::new(service, Arc::clone(&shared), Arc::clone(&http2), peer);
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {

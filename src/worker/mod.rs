@@ -32,6 +32,16 @@ use stop::{Stop, Stops};
 /// keep-alive timeout is the limit).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a worker names itself in the log: its slot and its pid.
+#[derive(Clone, Copy)]
+struct Me(usize);
+
+impl std::fmt::Display for Me {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "worker {} (pid {})", self.0, std::process::id())
+    }
+}
+
 /// What the master hands a newly forked worker.
 pub(crate) struct Handoff {
     pub(crate) slot: usize,
@@ -89,15 +99,15 @@ where
     F: Fn(&WorkerContext) -> S,
     S: AppService,
 {
-    let slot = handoff.slot;
+    let me = Me(handoff.slot);
     if let Err(e) = prepare_process(handoff.master) {
-        error!("worker {slot}: {e}");
+        error!("{me}: {e}");
         return exit::FAILURE;
     }
     let runtime = match build_runtime(handoff.config.threads) {
         Ok(rt) => rt,
         Err(e) => {
-            error!("worker {slot}: cannot build the runtime: {e}");
+            error!("{me}: cannot build the runtime: {e}");
             return exit::FAILURE;
         }
     };
@@ -156,6 +166,7 @@ where
         config,
         ..
     } = handoff;
+    let me = Me(slot);
     let drain = Drain::new();
     let context = WorkerContext {
         id: slot,
@@ -165,14 +176,14 @@ where
     let service = match catch_unwind(AssertUnwindSafe(|| factory(&context))) {
         Ok(service) => service,
         Err(_) => {
-            error!("worker {slot}: the application factory panicked");
+            error!("{me}: the application factory panicked");
             return exit::BOOT_FAILED;
         }
     };
     let channel = match Channel::new(control) {
         Ok(channel) => Arc::new(channel),
         Err(e) => {
-            error!("worker {slot}: cannot watch the control channel: {e}");
+            error!("{me}: cannot watch the control channel: {e}");
             return exit::FAILURE;
         }
     };
@@ -183,7 +194,7 @@ where
     ) {
         Ok(stops) => stops,
         Err(e) => {
-            error!("worker {slot}: cannot handle signals: {e}");
+            error!("{me}: cannot handle signals: {e}");
             return exit::FAILURE;
         }
     };
@@ -206,7 +217,7 @@ where
                 accepting.push(tokio::spawn(task));
             }
             Err(e) => {
-                error!("worker {slot}: cannot use a listener: {e}");
+                error!("{me}: cannot use a listener: {e}");
                 return exit::FAILURE;
             }
         }
@@ -219,19 +230,19 @@ where
         mut deadline,
     } = stops.next().await
     else {
-        return quit(slot, &shared);
+        return quit(me, &shared);
     };
     shared.stopping.store(true, Ordering::Relaxed);
     if start > Instant::now() {
         info!(
-            "worker {slot}: serving for the shutdown delay ({:?}), health checks failing",
+            "{me}: serving for the shutdown delay ({:?}), health checks failing",
             start - Instant::now()
         );
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(start.into()) => break,
                 stop = stops.next() => match stop {
-                    Stop::Quit => return quit(slot, &shared),
+                    Stop::Quit => return quit(me, &shared),
                     Stop::Drain { start: s, deadline: d } => {
                         start = start.min(s);
                         deadline = deadline.min(d);
@@ -247,12 +258,12 @@ where
         }
         shared.tracker.wait().await;
     };
-    drain_until(slot, &shared, &mut stops, deadline, &config, done).await
+    drain_until(me, &shared, &mut stops, deadline, &config, done).await
 }
 
-fn quit(slot: usize, shared: &Shared) -> u8 {
+fn quit(me: Me, shared: &Shared) -> u8 {
     info!(
-        "worker {slot}: quick stop, closing {} connection(s) now",
+        "{me}: quick stop, closing {} connection(s) now",
         open(shared)
     );
     exit::OK
@@ -262,7 +273,7 @@ fn quit(slot: usize, shared: &Shared) -> u8 {
 /// every connection has closed, cutting what is left at the deadline. A later request to
 /// stop can only bring the end closer.
 async fn drain_until(
-    slot: usize,
+    me: Me,
     shared: &Shared,
     stops: &mut Stops,
     mut deadline: Instant,
@@ -276,7 +287,7 @@ async fn drain_until(
     shared.drain.start();
     shared.tracker.close();
     info!(
-        "worker {slot}: draining {} connection(s), deadline in {:?}",
+        "{me}: draining {} connection(s), deadline in {:?}",
         open(shared),
         deadline.saturating_duration_since(started)
     );
@@ -284,15 +295,15 @@ async fn drain_until(
     loop {
         tokio::select! {
             () = &mut done => {
-                info!("worker {slot}: drained in {:?}", started.elapsed());
+                info!("{me}: drained in {:?}", started.elapsed());
                 return exit::OK;
             }
             () = tokio::time::sleep_until(deadline.into()) => {
-                warn!("worker {slot}: deadline reached, cutting {} connection(s)", open(shared));
+                warn!("{me}: deadline reached, cutting {} connection(s)", open(shared));
                 return exit::OK;
             }
             stop = stops.next() => match stop {
-                Stop::Quit => return quit(slot, shared),
+                Stop::Quit => return quit(me, shared),
                 Stop::Drain { deadline: sooner, .. } => deadline = deadline.min(sooner),
             }
         }

@@ -3,6 +3,7 @@
 //! close the connection.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use tower::util::Oneshot;
 
 use super::Shared;
 use crate::AppService;
+use crate::access_log::Entry;
 
 /// The service of one connection.
 pub(crate) struct HyperService<S> {
@@ -27,14 +29,22 @@ pub(crate) struct HyperService<S> {
     /// Set once the connection carried an HTTP/2 request, so its drain can start with GOAWAY
     /// at once instead of lingering as for HTTP/1.
     http2: Arc<AtomicBool>,
+    /// The client, for the access log; `None` on a unix socket.
+    peer: Option<SocketAddr>,
 }
 
 impl<S> HyperService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, http2: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        shared: Arc<Shared>,
+        http2: Arc<AtomicBool>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
         Self {
             inner,
             shared,
             http2,
+            peer,
         }
     }
 }
@@ -51,10 +61,12 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
         }
         // Only HTTP/1 is asked to close: HTTP/2 forbids the header and drains with GOAWAY.
         let closing = http1.then(|| Arc::clone(&self.shared));
+        let entry = Entry::begin(&req, self.peer);
         if self.shared.health_path.as_deref() == Some(req.uri().path()) {
             return ResponseFuture::Health {
                 response: Some(health(self.shared.healthy())),
                 closing,
+                entry,
             };
         }
         self.shared.count_request();
@@ -62,6 +74,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
         ResponseFuture::App {
             inner: self.inner.clone().oneshot(req),
             closing,
+            entry,
         }
     }
 }
@@ -91,10 +104,12 @@ pin_project! {
             #[pin]
             inner: Oneshot<S, Request<Incoming>>,
             closing: Option<Arc<Shared>>,
+            entry: Option<Entry>,
         },
         Health {
             response: Option<Response<Full<Bytes>>>,
             closing: Option<Arc<Shared>>,
+            entry: Option<Entry>,
         },
     }
 }
@@ -103,17 +118,25 @@ impl<S: AppService> Future for ResponseFuture<S> {
     type Output = Result<Response<Either<S::Body, Full<Bytes>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, closing) = match self.project() {
-            Projection::App { inner, closing } => {
+        let (mut response, closing, entry) = match self.project() {
+            Projection::App {
+                inner,
+                closing,
+                entry,
+            } => {
                 let response = std::task::ready!(inner.poll(cx))?;
-                (response.map(Either::Left), closing)
+                (response.map(Either::Left), closing, entry)
             }
-            Projection::Health { response, closing } => {
+            Projection::Health {
+                response,
+                closing,
+                entry,
+            } => {
                 // Polled again only after it returned Ready, which hyper never does.
                 let response = response
                     .take()
                     .expect("health response polled after completion");
-                (response.map(Either::Right), closing)
+                (response.map(Either::Right), closing, entry)
             }
         };
         if closing.as_ref().is_some_and(|s| s.drain.is_draining()) {
@@ -121,6 +144,9 @@ impl<S: AppService> Future for ResponseFuture<S> {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(entry) = entry.take() {
+            entry.finish(&response);
         }
         Poll::Ready(Ok(response))
     }

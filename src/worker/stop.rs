@@ -9,7 +9,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::warn;
 
 use super::channel::Channel;
-use crate::control::ToWorker;
+use crate::control::{Leave, ToWorker};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stop {
@@ -49,20 +49,30 @@ impl Stops {
     /// Waits for the next request to stop. A TERM (also what `PR_SET_PDEATHSIG` delivers when
     /// the master dies) and the channel's EOF start a drain timed from now, as the master
     /// would have timed it.
+    ///
+    /// Requests to reopen the log files are carried out here, on the way.
     pub(crate) async fn next(&mut self) -> Stop {
-        tokio::select! {
-            msg = self.channel.recv(), if !self.master_gone => match msg {
-                Some(ToWorker::Drain { start, deadline }) => Stop::Drain { start, deadline },
-                Some(ToWorker::Quit) => Stop::Quit,
-                None => {
-                    self.master_gone = true;
-                    warn!("the master is gone: draining");
-                    self.timed()
-                }
-            },
-            _ = self.term.recv() => self.timed(),
-            _ = self.int.recv() => Stop::Quit,
-            _ = self.quit.recv() => Stop::Quit,
+        loop {
+            return tokio::select! {
+                msg = self.channel.recv(), if !self.master_gone => match msg {
+                    Some(ToWorker::Leave(Leave::Drain { start, deadline })) => {
+                        Stop::Drain { start, deadline }
+                    }
+                    Some(ToWorker::Leave(Leave::Quit)) => Stop::Quit,
+                    Some(ToWorker::ReopenLogs) => {
+                        crate::log::reopen();
+                        continue;
+                    }
+                    None => {
+                        self.master_gone = true;
+                        warn!("the master is gone: draining");
+                        self.timed()
+                    }
+                },
+                _ = self.term.recv() => self.timed(),
+                _ = self.int.recv() => Stop::Quit,
+                _ = self.quit.recv() => Stop::Quit,
+            };
         }
     }
 

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,7 @@ struct Log {
 pub struct Server {
     child: Child,
     log: Arc<Log>,
+    stop_following: Arc<AtomicBool>,
     /// The first TCP address it listens on, from its log.
     pub addr: SocketAddr,
 }
@@ -61,6 +63,8 @@ pub struct Builder {
     cmd: Command,
     bind_given: bool,
     workers: usize,
+    /// Where the server logs, when not on stderr.
+    log_file: Option<PathBuf>,
 }
 
 impl Builder {
@@ -76,6 +80,14 @@ impl Builder {
         for a in args {
             self = self.arg(a);
         }
+        self
+    }
+
+    /// Sends the error log to `path` (`--error-logfile`) and follows it there, across renames,
+    /// as `tail -F` does.
+    pub fn log_file(mut self, path: &Path) -> Self {
+        self.cmd.args(["--error-logfile", path.to_str().unwrap()]);
+        self.log_file = Some(path.to_path_buf());
         self
     }
 
@@ -113,22 +125,78 @@ impl Builder {
         let log = Arc::new(Log::default());
         let stderr = child.stderr.take().unwrap();
         let reader_log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                reader_log.lines.lock().unwrap().push(line);
-                reader_log.grew.notify_all();
+        let stop = Arc::new(AtomicBool::new(false));
+        match self.log_file {
+            None => {
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        reader_log.push(line);
+                    }
+                });
             }
-        });
+            Some(path) => {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || follow(&path, &reader_log, &stop));
+            }
+        }
         let mut server = Server {
             child,
             log,
+            stop_following: stop,
             addr: "0.0.0.0:0".parse().unwrap(),
         };
         let line = server.wait_log("listening on http://", PATIENCE);
-        let addr = line.rsplit("http://").next().unwrap().trim();
+        let addr: String = line
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+            .collect();
         server.addr = addr.parse().expect("a socket address in the log");
         server
+    }
+}
+
+impl Log {
+    fn push(&self, line: String) {
+        self.lines.lock().unwrap().push(line);
+        self.grew.notify_all();
+    }
+}
+
+/// Reads the lines appended to `path`, reopening it when it is replaced (a rename by the test,
+/// as logrotate does), until `stop`.
+fn follow(path: &Path, log: &Log, stop: &AtomicBool) {
+    use std::os::unix::fs::MetadataExt;
+    let mut reader: Option<(BufReader<std::fs::File>, u64)> = None;
+    let mut partial = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        if reader.is_none()
+            && let Ok(file) = std::fs::File::open(path)
+        {
+            let inode = file.metadata().unwrap().ino();
+            reader = Some((BufReader::new(file), inode));
+        }
+        let mut progressed = false;
+        if let Some((file, inode)) = reader.as_mut() {
+            while let Ok(n) = file.read_line(&mut partial) {
+                if n == 0 || !partial.ends_with('\n') {
+                    break;
+                }
+                progressed = true;
+                log.push(partial.trim_end().to_string());
+                partial.clear();
+            }
+            let replaced = std::fs::metadata(path).map_or(true, |m| m.ino() != *inode);
+            if replaced && !progressed {
+                reader = None;
+            }
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -143,6 +211,7 @@ impl Server {
             cmd,
             bind_given: false,
             workers,
+            log_file: None,
         }
     }
 
@@ -268,6 +337,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.stop_following.store(true, Ordering::Relaxed);
         // The group holds the master and every worker, even ones whose master is gone.
         let _ = killpg(self.pid(), Signal::SIGKILL);
         let _ = self.child.wait();
@@ -297,6 +367,7 @@ pub fn run(bin: Bin, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String
             cmd.process_group(0).spawn().expect("run the binary")
         },
         log: Arc::default(),
+        stop_following: Arc::default(),
         addr: "0.0.0.0:0".parse().unwrap(),
     };
     let (status, _) = server.expect_exit(PATIENCE);

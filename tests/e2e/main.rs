@@ -6,5 +6,6 @@ mod drain;
 mod harness;
 mod http;
 mod load;
+mod logs;
 mod serve;
 mod supervise;

@@ -1,0 +1,173 @@
+//! Logs: the access log's lines, JSON output, and reopening files on SIGUSR1 for logrotate.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::harness::{Bin, PATIENCE, Server};
+use super::http::Conn;
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `path` has at least `n` lines.
+fn wait_lines(path: &Path, n: usize) -> Vec<String> {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let lines = read_lines(path);
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} has {} lines, not {n}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_access_log_has_one_combined_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let server = Server::builder(Bin::Demo, 2)
+        .args(&["--access-logfile", access.to_str().unwrap()])
+        .start();
+    let mut conn = Conn::connect(server.addr).unwrap();
+    conn.request(
+        "GET",
+        "/sleep?ms=20",
+        &[
+            ("User-Agent", "probe \"1\""),
+            ("Referer", "http://example/"),
+        ],
+    )
+    .unwrap();
+    conn.get("/missing").unwrap();
+    conn.request("HEAD", "/", &[]).unwrap();
+    let lines = wait_lines(&access, 3);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let first = &lines[0];
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.contains(
+            "] \"GET /sleep?ms=20 HTTP/1.1\" 200 12 \"http://example/\" \"probe \\x221\\x22\" "
+        ),
+        "{first}"
+    );
+    let seconds: f64 = first.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (0.015..5.0).contains(&seconds),
+        "duration {seconds} in {first}"
+    );
+    assert!(
+        lines[1].contains("\"GET /missing HTTP/1.1\" 404 "),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("\"HEAD / HTTP/1.1\" 200 "),
+        "{}",
+        lines[2]
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let errors = dir.path().join("error.log");
+    let server = Server::builder(Bin::Demo, 1)
+        .args(&[
+            "--log-format",
+            "json",
+            "--access-logfile",
+            access.to_str().unwrap(),
+        ])
+        .log_file(&errors)
+        .start();
+    Conn::connect(server.addr).unwrap().get("/pid").unwrap();
+    let line = wait_lines(&access, 1).remove(0);
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["uri"], "/pid");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["remote"], "127.0.0.1");
+    assert!(entry["duration"].as_f64().unwrap() >= 0.0);
+    for line in read_lines(&errors) {
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+}
+
+/// logrotate renames the files, then sends USR1: the master and every worker reopen theirs,
+/// and new lines go to the new files.
+#[test]
+fn usr1_reopens_the_log_files_in_master_and_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let errors = dir.path().join("error.log");
+    let mut server = Server::builder(Bin::Demo, 2)
+        .args(&["--access-logfile", access.to_str().unwrap()])
+        .log_file(&errors)
+        .start();
+    Conn::connect(server.addr).unwrap().get("/").unwrap();
+    wait_lines(&access, 1);
+    std::fs::rename(&access, dir.path().join("access.log.1")).unwrap();
+    std::fs::rename(&errors, dir.path().join("error.log.1")).unwrap();
+    server.signal(Signal::SIGUSR1);
+    server.wait_log("reopening log files", PATIENCE);
+    // The workers reopen on the master's message; a request shortly after must land anew.
+    let until = Instant::now() + PATIENCE;
+    while read_lines(&access).is_empty() {
+        assert!(Instant::now() < until, "no access line in the new file");
+        Conn::connect(server.addr).unwrap().get("/").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rotated_access = read_lines(&dir.path().join("access.log.1"));
+    // Both workers write to the new error log when they drain.
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    let fresh = read_lines(&errors);
+    let drained = fresh.iter().filter(|l| l.contains("drained in")).count();
+    assert_eq!(
+        drained, 2,
+        "worker lines missing from the new error log:\n{fresh:#?}"
+    );
+    assert!(
+        fresh.iter().any(|l| l.contains("master (pid")),
+        "{fresh:#?}"
+    );
+    let old = read_lines(&dir.path().join("error.log.1"));
+    assert!(!old.iter().any(|l| l.contains("drained in")), "{old:#?}");
+    assert_eq!(
+        read_lines(&dir.path().join("access.log.1")),
+        rotated_access,
+        "lines were still written to the rotated access log"
+    );
+}
+
+#[test]
+fn an_unwritable_log_file_is_bad_input() {
+    let (status, stderr) = super::harness::run(
+        Bin::Prefork,
+        &["serve", "--access-logfile", "/nonexistent/dir/access.log"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("cannot open access log /nonexistent/dir/access.log (from --access-logfile)"),
+        "{stderr}"
+    );
+}
