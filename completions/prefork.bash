@@ -43,7 +43,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__check)
-            opts="-b -w -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --user --group --umask --bind-mode --pid --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -106,6 +106,38 @@ _prefork() {
                     return 0
                     ;;
                 --health-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -g)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --umask)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bind-mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -145,7 +177,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__serve)
-            opts="-b -w -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --user --group --umask --bind-mode --pid --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -208,6 +240,38 @@ _prefork() {
                     return 0
                     ;;
                 --health-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -g)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --umask)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bind-mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -41,6 +41,11 @@ complete -c prefork -n "__fish_prefork_using_subcommand serve" -l keepalive -d '
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l linger -d 'How long a draining worker keeps idle keep-alive connections open for a request that may already be on its way (served with Connection: close). [default: 1s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l shutdown-delay -d 'After TERM, keep serving normally this long, with the health path answering 503, so load balancers stop sending traffic before the drain begins. The graceful timeout starts after it. [default: 0]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s u -l user -d 'Run the master and workers as this user (name or uid) once the sockets are bound, with its supplementary groups. [default: the user that started prefork]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s g -l group -d 'Run as this group (name or gid); with --user alone, the user\'s own group. [default: the group that started prefork]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l umask -d 'File mode creation mask, in octal, set at start. [default: the inherited one]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is --user and --group. [default: from the umask]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
@@ -62,6 +67,11 @@ complete -c prefork -n "__fish_prefork_using_subcommand check" -l keepalive -d '
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l linger -d 'How long a draining worker keeps idle keep-alive connections open for a request that may already be on its way (served with Connection: close). [default: 1s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l shutdown-delay -d 'After TERM, keep serving normally this long, with the health path answering 503, so load balancers stop sending traffic before the drain begins. The graceful timeout starts after it. [default: 0]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s u -l user -d 'Run the master and workers as this user (name or uid) once the sockets are bound, with its supplementary groups. [default: the user that started prefork]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s g -l group -d 'Run as this group (name or gid); with --user alone, the user\'s own group. [default: the group that started prefork]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l umask -d 'File mode creation mask, in octal, set at start. [default: the inherited one]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is --user and --group. [default: from the umask]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r

@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Its routes cover every kind of request a stop must handle: quick, slow, streaming,
-//! upgraded, badly behaved, blocking and crashing.
+//! upgraded, badly behaved, blocking and crashing; and one that leaves an orphan process, as
+//! applications that run subprocesses do.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ fn app() -> Router {
         .route("/ws-quiet", get(ws_quiet))
         .route("/block", get(block))
         .route("/crash", get(crash))
+        .route("/orphan", get(orphan))
 }
 
 #[derive(Deserialize)]
@@ -71,6 +73,19 @@ async fn block(Query(Millis { ms }): Query<Millis>) -> String {
 /// Ends the worker process the hardest way short of a signal.
 async fn crash() -> &'static str {
     std::process::abort()
+}
+
+/// Starts a shell that leaves a short-lived grandchild behind: the orphan is re-parented to
+/// the nearest reaper, which in a container is prefork's master, running as PID 1.
+async fn orphan() -> String {
+    let status = tokio::process::Command::new("sh")
+        .args(["-c", "sleep 0.2 & echo $!"])
+        .output()
+        .await;
+    match status {
+        Ok(out) => format!("orphan {}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => format!("cannot start sh: {e}\n"),
+    }
 }
 
 /// One event per tick until the drain begins; then the stream ends cleanly.

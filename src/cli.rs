@@ -108,6 +108,30 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "PREFORK_HEALTH_PATH")]
     health_path: Option<String>,
 
+    /// Run the master and workers as this user (name or uid) once the sockets are bound, with
+    /// its supplementary groups. [default: the user that started prefork]
+    #[arg(short, long, value_name = "USER", env = "PREFORK_USER")]
+    user: Option<String>,
+
+    /// Run as this group (name or gid); with --user alone, the user's own group.
+    /// [default: the group that started prefork]
+    #[arg(short, long, value_name = "GROUP", env = "PREFORK_GROUP")]
+    group: Option<String>,
+
+    /// File mode creation mask, in octal, set at start. [default: the inherited one]
+    #[arg(long, value_name = "MODE", env = "PREFORK_UMASK")]
+    umask: Option<String>,
+
+    /// Mode of unix socket files, in octal (e.g. 660); their owner is --user and --group.
+    /// [default: from the umask]
+    #[arg(long, value_name = "MODE", env = "PREFORK_BIND_MODE")]
+    bind_mode: Option<String>,
+
+    /// Write the master's pid to this file once the sockets are bound (refused if it names
+    /// a running process); removed at exit. [default: none]
+    #[arg(short, long, value_name = "FILE", env = "PREFORK_PID")]
+    pid: Option<String>,
+
     /// Directory served by the built-in static file app. [default: .]
     #[arg(long, value_name = "DIR", env = "PREFORK_ROOT")]
     root: Option<String>,

@@ -138,7 +138,6 @@ impl Server {
     {
         self.config.validate()?;
         log::init(&self.config)?;
-        let listeners = master::listeners::bind_all(&self.config, &[])?;
         let boot = |handoff| worker::run(handoff, &factory);
         let initial = self.config.clone();
         let same = move || Ok(initial.clone());
@@ -146,7 +145,7 @@ impl Server {
             Some(f) => f.as_ref(),
             None => &same,
         };
-        master::Master::new(self.config, listeners, &boot, reconfigure)?.run()
+        master::Master::start(self.config, &boot, reconfigure)?.run()
     }
 }
 

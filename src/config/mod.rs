@@ -22,6 +22,7 @@ pub enum LogFormat {
 }
 
 use crate::Error;
+use crate::master::privileges::{self, Credentials};
 
 /// An address the master listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,10 @@ pub struct Config {
     pub(crate) health_path: Option<String>,
     pub(crate) root: PathBuf,
     pub(crate) root_source: Source,
+    pub(crate) credentials: Credentials,
+    pub(crate) umask: Option<u32>,
+    pub(crate) bind_mode: Option<u32>,
+    pub(crate) pid: Option<PathBuf>,
     pub(crate) log_level: tracing::Level,
     pub(crate) log_format: LogFormat,
     pub(crate) error_logfile: LogTarget,
@@ -90,6 +95,10 @@ impl Default for Config {
             health_path: None,
             root: PathBuf::from("."),
             root_source: Source::Default,
+            credentials: Credentials::default(),
+            umask: None,
+            bind_mode: None,
+            pid: None,
             log_level: tracing::Level::INFO,
             log_format: LogFormat::Text,
             error_logfile: LogTarget::Standard,
@@ -194,6 +203,40 @@ impl Config {
         self
     }
 
+    /// The user (name or uid) the master and workers run as once the sockets are bound, with
+    /// its supplementary groups. Default: unchanged.
+    pub fn user(mut self, user: &str) -> Result<Self, Error> {
+        self.set("user", user, &Source::Api)?;
+        Ok(self)
+    }
+
+    /// The group (name or gid) they run as; with a user and no group, the user's own group.
+    /// Default: unchanged.
+    pub fn group(mut self, group: &str) -> Result<Self, Error> {
+        self.set("group", group, &Source::Api)?;
+        Ok(self)
+    }
+
+    /// The file mode creation mask, set at start (so it applies to unix socket files and the
+    /// pid file too). Default: inherited.
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask & 0o777);
+        self
+    }
+
+    /// The mode of unix socket files, e.g. `0o660`. Default: from the umask.
+    pub fn bind_mode(mut self, mode: u32) -> Self {
+        self.bind_mode = Some(mode & 0o777);
+        self
+    }
+
+    /// A file to write the master's pid to once the sockets are bound; removed at exit.
+    /// Default: none.
+    pub fn pid(mut self, path: Option<PathBuf>) -> Self {
+        self.pid = path;
+        self
+    }
+
     /// Directory the built-in static file app serves. Default: `.`.
     pub fn root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.root = dir.into();
@@ -288,6 +331,21 @@ impl Config {
             "health_path" => {
                 self.health_path = Some(value::path(last).map_err(|reason| invalid(last, reason))?);
             }
+            "user" => {
+                self.credentials.user =
+                    Some(privileges::user(last).map_err(|reason| invalid(last, reason))?);
+            }
+            "group" => {
+                self.credentials.group =
+                    Some(privileges::group(last).map_err(|reason| invalid(last, reason))?);
+            }
+            "umask" => {
+                self.umask = Some(value::mode(last).map_err(|reason| invalid(last, reason))?);
+            }
+            "bind_mode" => {
+                self.bind_mode = Some(value::mode(last).map_err(|reason| invalid(last, reason))?);
+            }
+            "pid" => self.pid = Some(PathBuf::from(last)),
             "root" => {
                 self.root = PathBuf::from(last);
                 self.root_source = source.clone();

@@ -75,6 +75,15 @@ pub(crate) fn path(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// A file mode in octal, as chmod and umask take it: `660`, `0660` or `0o660`.
+pub(crate) fn mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| "expected an octal mode such as 660 or 022".to_string())
+}
+
 /// `text` or `json`.
 pub(crate) fn log_format(text: &str) -> Result<super::LogFormat, String> {
     match text.trim() {
@@ -116,6 +125,16 @@ mod tests {
             assert!(duration(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(duration("99999999999999999h").is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode("660"), Ok(0o660));
+        assert_eq!(mode("0o022"), Ok(0o022));
+        assert_eq!(mode("0777"), Ok(0o777));
+        for bad in ["", "8", "1777", "rw"] {
+            assert!(mode(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use socket2::{Domain, Protocol, SockAddr, Type};
 
 use crate::Error;
-use crate::config::{BindAddr, Config};
+use crate::config::{BindAddr, Config, Source};
 
 /// One bound, listening, non-blocking socket, with the address it was configured as.
 #[derive(Debug)]
@@ -17,6 +17,9 @@ pub(crate) struct Listener {
     /// As configured: port 0 stays 0 here, so that a reload keeps the port the kernel chose.
     pub(crate) addr: BindAddr,
     pub(crate) socket: Socket,
+    /// Passed by systemd (socket activation): kept whatever the config says, and its socket
+    /// file is systemd's to remove.
+    pub(crate) activated: bool,
 }
 
 #[derive(Debug)]
@@ -28,20 +31,25 @@ pub(crate) enum Socket {
 impl Listener {
     /// What clients connect to, with the port the kernel chose when the config said 0.
     pub(crate) fn describe(&self) -> String {
-        match &self.socket {
+        let place = match &self.socket {
             Socket::Tcp(l) => match l.local_addr() {
                 Ok(addr) => format!("http://{addr}"),
                 Err(_) => "tcp (address unknown)".to_string(),
             },
             Socket::Unix(_) => self.addr.to_string(),
+        };
+        if self.activated {
+            format!("{place} (from systemd)")
+        } else {
+            place
         }
     }
 
-    /// The socket file of a unix listener.
+    /// The socket file of a unix listener that prefork created.
     pub(crate) fn socket_path(&self) -> Option<&Path> {
         match &self.addr {
-            BindAddr::Tcp(_) => None,
-            BindAddr::Unix(path) => Some(path),
+            BindAddr::Unix(path) if !self.activated => Some(path),
+            _ => None,
         }
     }
 
@@ -54,8 +62,54 @@ impl Listener {
         Ok(Listener {
             addr: self.addr.clone(),
             socket,
+            activated: self.activated,
         })
     }
+}
+
+/// The sockets systemd passed (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`), each checked to
+/// be a listening stream socket. The variables are cleared, so that no worker takes them for
+/// its own.
+///
+/// Must be called while the process is single-threaded, as the environment changes.
+pub(crate) fn activated() -> Result<Vec<Listener>, Error> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: the master calls this before any fork and never starts a thread, so nothing
+    // reads the environment concurrently.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+        .map_err(|e| Error::config(format!("socket activation: {e}")))?;
+    let mut listeners = Vec::new();
+    for (fd, name) in fds {
+        // SAFETY: by the activation protocol these descriptors are open and ours alone.
+        let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let adopt = || -> io::Result<Listener> {
+            if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a listening stream socket",
+                ));
+            }
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr()?;
+            let socket = socket.try_clone()?;
+            Ok(match (local.as_socket(), local.as_pathname()) {
+                (Some(addr), _) => Listener {
+                    addr: BindAddr::Tcp(addr),
+                    socket: Socket::Tcp(socket.into()),
+                    activated: true,
+                },
+                (None, path) => Listener {
+                    addr: BindAddr::Unix(path.map(PathBuf::from).unwrap_or_default()),
+                    socket: Socket::Unix(socket.into()),
+                    activated: true,
+                },
+            })
+        };
+        let listener = adopt()
+            .map_err(|e| Error::bind(format!("socket activation: fd {fd} ({name}): {e}")))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// Binds every configured address, reusing the socket of any address in `current` (so a
@@ -64,12 +118,28 @@ impl Listener {
 /// the address and where it was configured.
 pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<Listener>, Error> {
     let mut bound = Vec::new();
+    for listener in current.iter().filter(|l| l.activated) {
+        let copy = listener
+            .try_clone()
+            .map_err(|e| Error::bind(format!("cannot keep {}: {e}", listener.describe())))?;
+        bound.push(copy);
+    }
+    // With sockets from systemd, the default address is not wanted too; explicit ones are.
+    let wanted: &[BindAddr] = if !bound.is_empty() && config.bind_source == Source::Default {
+        &[]
+    } else {
+        &config.bind
+    };
     let mut created = Vec::new();
-    for addr in &config.bind {
+    for addr in wanted {
+        if bound.iter().any(|l| l.addr == *addr) {
+            continue;
+        }
         let result = match current.iter().find(|l| l.addr == *addr) {
             Some(existing) => existing.try_clone(),
-            None => bind(addr, config.backlog)
-                .inspect(|l| created.extend(l.socket_path().map(PathBuf::from))),
+            None => {
+                bind(addr, config).inspect(|l| created.extend(l.socket_path().map(PathBuf::from)))
+            }
         };
         match result {
             Ok(listener) => bound.push(listener),
@@ -101,8 +171,8 @@ pub(crate) fn remove_socket_files(paths: &[PathBuf]) {
     }
 }
 
-fn bind(addr: &BindAddr, backlog: u32) -> io::Result<Listener> {
-    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+fn bind(addr: &BindAddr, config: &Config) -> io::Result<Listener> {
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
     match addr {
         BindAddr::Tcp(addr) => {
             let socket = socket2::Socket::new(
@@ -121,17 +191,34 @@ fn bind(addr: &BindAddr, backlog: u32) -> io::Result<Listener> {
             Ok(Listener {
                 addr: BindAddr::Tcp(*addr),
                 socket: Socket::Tcp(socket.into()),
+                activated: false,
             })
         }
         BindAddr::Unix(path) => {
             remove_stale_socket(path)?;
             let socket = socket2::Socket::new(Domain::UNIX, Type::STREAM, None)?;
             socket.bind(&SockAddr::unix(path)?)?;
-            socket.listen(backlog)?;
-            socket.set_nonblocking(true)?;
+            let finish = || -> io::Result<()> {
+                // Who may connect is decided by the file: set it before anyone can.
+                if let Some(mode) = config.bind_mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                }
+                let (uid, gid) = config.credentials.owner();
+                if uid.is_some() || gid.is_some() {
+                    nix::unistd::chown(path.as_path(), uid, gid)?;
+                }
+                socket.listen(backlog)?;
+                socket.set_nonblocking(true)
+            };
+            if let Err(e) = finish() {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
             Ok(Listener {
                 addr: BindAddr::Unix(path.clone()),
                 socket: Socket::Unix(socket.into()),
+                activated: false,
             })
         }
     }

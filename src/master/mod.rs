@@ -8,7 +8,10 @@
 //! what is true now.
 
 pub(crate) mod listeners;
+mod pidfile;
+pub(crate) mod privileges;
 mod signals;
+mod systemd;
 mod workers;
 
 use std::os::fd::AsFd;
@@ -28,8 +31,10 @@ use crate::control::{self, Leave, Received, ToMaster, ToWorker};
 use crate::exit;
 use crate::worker::Handoff;
 use listeners::Listener;
+use pidfile::Pidfile;
 use signals::Signals;
 pub(crate) use signals::unblock_in_child;
+use systemd::Notifier;
 use workers::{Slot, Worker, WorkerExit};
 
 /// How long workers told to quit get before they are killed.
@@ -44,6 +49,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A gap this much longer than the longest sleep means the master itself was suspended
 /// (SIGSTOP, a frozen container): worker heartbeats were not read meanwhile, not missing.
 const SUSPENDED_AFTER: Duration = Duration::from_secs(2);
+/// A worker whose last heartbeat is older than this is not healthy for systemd's watchdog
+/// (workers beat at least every second).
+const HEARTBEAT_STALE: Duration = Duration::from_secs(3);
 
 /// The function a forked child runs as its whole life; it returns the exit status.
 pub(crate) type Boot<'a> = &'a dyn Fn(Handoff) -> u8;
@@ -69,6 +77,7 @@ pub(crate) struct Master<'a> {
     listeners: Vec<Listener>,
     /// Unix socket files to remove at exit.
     socket_files: Vec<PathBuf>,
+    pidfile: Option<Pidfile>,
     boot: Boot<'a>,
     reconfigure: Reconfigure<'a>,
     /// `None` only in a forked child, which closes it.
@@ -86,18 +95,44 @@ pub(crate) struct Master<'a> {
     boot_failures: u32,
     boot_error: Option<Error>,
     last_turn: Instant,
+    notifier: Notifier,
 }
 
 impl<'a> Master<'a> {
-    pub(crate) fn new(
+    /// Everything before the first fork, in the order it must happen: the umask (it applies
+    /// to the socket files), the pid file claimed, the sockets adopted from systemd or bound,
+    /// the pid file written, root dropped, signals blocked. On failure nothing is left behind.
+    pub(crate) fn start(
         config: Config,
-        listeners: Vec<Listener>,
         boot: Boot<'a>,
         reconfigure: Reconfigure<'a>,
     ) -> Result<Self, Error> {
-        let signals =
-            Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))?;
+        if let Some(mask) = config.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+        }
+        let pidfile = config.pid.as_deref().map(Pidfile::claim).transpose()?;
+        let activated = listeners::activated()?;
+        let listeners = listeners::bind_all(&config, &activated)?;
+        drop(activated);
+        let started = pidfile
+            .as_ref()
+            .map_or(Ok(()), Pidfile::write)
+            .and_then(|()| config.credentials.apply())
+            .and_then(|()| {
+                Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
+            });
+        let signals = match started {
+            Ok(signals) => signals,
+            Err(e) => {
+                listeners::remove_socket_files(&listeners::socket_files(&listeners));
+                if let Some(pidfile) = &pidfile {
+                    pidfile.remove();
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
+            pidfile,
             target: config.workers,
             socket_files: listeners::socket_files(&listeners),
             config,
@@ -115,6 +150,7 @@ impl<'a> Master<'a> {
             boot_failures: 0,
             boot_error: None,
             last_turn: Instant::now(),
+            notifier: Notifier::from_env(),
         })
     }
 
@@ -137,7 +173,7 @@ impl<'a> Master<'a> {
             self.kill_overdue();
             if let Some(err) = self.boot_error.take() {
                 self.abort_workers();
-                listeners::remove_socket_files(&self.socket_files);
+                self.clean_up();
                 return Err(err);
             }
             if self.stopping.is_some() && self.workers.is_empty() {
@@ -145,11 +181,20 @@ impl<'a> Master<'a> {
             }
             self.advance_reload();
             self.converge();
+            self.notify();
             self.sleep();
         }
-        listeners::remove_socket_files(&self.socket_files);
+        self.clean_up();
         info!("master (pid {}) stopped", getpid());
         Ok(())
+    }
+
+    /// What the master created on disk goes with it.
+    fn clean_up(&self) {
+        listeners::remove_socket_files(&self.socket_files);
+        if let Some(pidfile) = &self.pidfile {
+            pidfile.remove();
+        }
     }
 
     fn notice_suspension(&mut self) {
@@ -245,19 +290,14 @@ impl<'a> Master<'a> {
             info!("SIGHUP: a reload is already under way");
             return;
         }
+        self.notifier.reloading();
         let config = match (self.reconfigure)() {
             Ok(config) => config,
-            Err(e) => {
-                error!("reload failed, keeping the running workers: {e}");
-                return;
-            }
+            Err(e) => return self.reload_failed(None, &e.to_string()),
         };
         let listeners = match listeners::bind_all(&config, &self.listeners) {
             Ok(listeners) => listeners,
-            Err(e) => {
-                error!("reload failed, keeping the running workers: {e}");
-                return;
-            }
+            Err(e) => return self.reload_failed(None, &e.to_string()),
         };
         let generation = self.generation + 1;
         info!(
@@ -273,9 +313,14 @@ impl<'a> Master<'a> {
     }
 
     fn begin_stop(&mut self, kind: Stop, now: Instant) {
+        self.notifier.stopping(match kind {
+            Stop::Graceful => "stopping: draining",
+            Stop::Quick => "stopping: closing connections",
+        });
         self.stopping = Some(kind);
         if let Some(pending) = self.pending.take() {
-            self.abandon(pending, "the server is stopping");
+            info!("reload abandoned: the server is stopping");
+            self.abandon(pending);
         }
         // Workers hold their own copies of the listening sockets; each socket closes when the
         // last draining worker lets go of it.
@@ -330,9 +375,8 @@ impl<'a> Master<'a> {
             .as_ref()
             .is_some_and(|p| p.generation == worker.generation)
         {
-            let pending = self.pending.take().expect("checked just above");
-            self.abandon(pending, &format!("new worker {slot} {status}"));
-            return;
+            let pending = self.pending.take();
+            return self.reload_failed(pending, &format!("new worker {slot} {status}"));
         }
         if !worker.ready && !self.ever_ready {
             self.boot_failures += 1;
@@ -388,7 +432,37 @@ impl<'a> Master<'a> {
         if !self.announced_ready && self.stopping.is_none() && ready >= self.target {
             self.announced_ready = true;
             info!("all {ready} worker(s) ready");
+            let status = self.status();
+            self.notifier.ready(&status);
         }
+    }
+
+    /// What `STATUS=` says while serving.
+    fn status(&self) -> String {
+        let ready = self.serving().filter(|w| w.ready).count();
+        format!("{ready}/{} workers ready", self.target)
+    }
+
+    /// Keeps systemd informed: the status, the watchdog while every worker beats, and
+    /// extensions of the stop timeout while a drain goes on.
+    fn notify(&mut self) {
+        let now = Instant::now();
+        match self.stopping {
+            None if self.announced_ready && self.pending.is_none() => {
+                let status = self.status();
+                self.notifier.status(&status);
+            }
+            None => {}
+            Some(_) => {
+                let until = self.workers.iter().filter_map(|w| w.kill_at).max();
+                self.notifier.extend_stop(now, until.unwrap_or(now));
+            }
+        }
+        let healthy = self
+            .workers
+            .iter()
+            .all(|w| w.killed || now - w.last_beat < HEARTBEAT_STALE);
+        self.notifier.watchdog(now, healthy);
     }
 
     /// Workers of the serving generation that count towards the target.
@@ -443,13 +517,12 @@ impl<'a> Master<'a> {
         };
         let now = Instant::now();
         if now >= pending.deadline {
-            let pending = self.pending.take().expect("checked just above");
             let why = format!(
                 "new workers not ready within {:?}",
                 pending.config.reload_timeout
             );
-            self.abandon(pending, &why);
-            return;
+            let pending = self.pending.take();
+            return self.reload_failed(pending, &why);
         }
         let (generation, wanted) = (pending.generation, pending.config.workers);
         for slot in 1..=wanted {
@@ -503,11 +576,23 @@ impl<'a> Master<'a> {
             }
         }
         info!("reload complete: generation {generation} serving, the old workers draining");
+        let status = self.status();
+        self.notifier.ready(&status);
     }
 
-    /// Gives up a reload: its workers never served, so they are killed, not drained.
-    fn abandon(&mut self, pending: Pending, why: &str) {
+    /// A reload did not work out: the running workers stay, and systemd hears that the
+    /// reload is over, and why it failed.
+    fn reload_failed(&mut self, pending: Option<Pending>, why: &str) {
         error!("reload failed, keeping the running workers: {why}");
+        if let Some(pending) = pending {
+            self.abandon(pending);
+        }
+        let status = format!("reload failed: {why}; {}", self.status());
+        self.notifier.ready(&status);
+    }
+
+    /// Gives up a reload's new workers: they never served, so they are killed, not drained.
+    fn abandon(&mut self, pending: Pending) {
         for worker in &mut self.workers {
             if worker.generation == pending.generation && !worker.killed {
                 worker.leaving = true;
@@ -626,8 +711,9 @@ impl<'a> Master<'a> {
     fn retry_later(&mut self, slot: usize, generation: u32) {
         if generation == self.generation {
             self.slots[slot - 1].retry_later(Instant::now());
-        } else if let Some(pending) = self.pending.take() {
-            self.abandon(pending, "a new worker could not be started");
+        } else {
+            let pending = self.pending.take();
+            self.reload_failed(pending, "a new worker could not be started");
         }
     }
 
@@ -638,6 +724,9 @@ impl<'a> Master<'a> {
             if let Some(at) = worker.kill_at.filter(|_| !worker.killed) {
                 wake = wake.min(at);
             }
+        }
+        if let Some(at) = self.notifier.next_wake() {
+            wake = wake.min(at.max(now));
         }
         if self.stopping.is_none() {
             for slot in self.slots.iter().take(self.target) {

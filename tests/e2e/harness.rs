@@ -91,8 +91,13 @@ impl Builder {
         self
     }
 
-    /// The addresses come from a config file: add no `--bind`.
-    pub fn bind_from_config(mut self) -> Self {
+    /// The command, for what the other methods do not cover.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+
+    /// The addresses come from elsewhere (a config file, systemd): add no `--bind`.
+    pub fn without_bind(mut self) -> Self {
         self.bind_given = true;
         self
     }
@@ -203,7 +208,21 @@ fn follow(path: &Path, log: &Log, stop: &AtomicBool) {
 impl Server {
     /// A `serve` command for `bin` with `workers` workers on a free port of 127.0.0.1.
     pub fn builder(bin: Bin, workers: usize) -> Builder {
-        let mut cmd = Command::new(bin.path());
+        Self::wrapped(&[], bin, workers)
+    }
+
+    /// Like [`Server::builder`], run through another program: `wrapper` comes first, then
+    /// the binary and its arguments (`unshare --pid --fork`, `systemd-socket-activate -l ...`).
+    pub fn wrapped(wrapper: &[&str], bin: Bin, workers: usize) -> Builder {
+        let path = bin.path();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&path);
+                cmd
+            }
+            None => Command::new(&path),
+        };
         cmd.arg("serve")
             .env_remove("PORT")
             .env_remove("WEB_CONCURRENCY");

@@ -103,7 +103,7 @@ fn reload_binds_new_addresses_and_closes_dropped_ones() {
     write_config(&config, &binds(&[&a]));
     let server = Server::builder(Bin::Demo, 2)
         .args(&["-c", config.to_str().unwrap()])
-        .bind_from_config()
+        .without_bind()
         .start();
     assert!(unix_get(&a).starts_with("HTTP/1.1 200"));
     write_config(&config, &binds(&[&b]));

@@ -1,0 +1,431 @@
+//! Deployment: systemd's notification protocol and socket activation, PID 1 in a container,
+//! privileges, the pid file, unix socket files.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::harness::{Bin, PATIENCE, Server, children_of, run};
+use super::http;
+use super::load::Load;
+
+/// A fake `NOTIFY_SOCKET`: every datagram the server sends, with the time it arrived.
+struct Notifications {
+    rx: mpsc::Receiver<(Instant, String)>,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Notifications {
+    fn new() -> Notifications {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send((Instant::now(), text)).is_err() {
+                    break;
+                }
+            }
+        });
+        Notifications {
+            rx,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// The next message that contains `needle`; the ones before it are returned too.
+    fn until(&self, needle: &str) -> (Instant, String, Vec<String>) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((at, text)) if text.contains(needle) => return (at, text, skipped),
+                Ok((_, text)) => skipped.push(text),
+                Err(_) => panic!("no notification with {needle:?}; got {skipped:#?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping_in_order() {
+    let notes = Notifications::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prefork.toml");
+    std::fs::write(&config, "keepalive = \"5s\"\n").unwrap();
+    let mut server = Server::builder(Bin::Demo, 2)
+        .args(&["-c", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", notes.path.to_str().unwrap())
+        .start();
+
+    // READY=1 comes once every worker is ready, never before.
+    let (_, ready, before) = notes.until("READY=1");
+    assert!(ready.contains("STATUS=2/2 workers ready"), "{ready}");
+    assert!(before.iter().all(|m| !m.contains("READY")), "{before:#?}");
+
+    // A reload: RELOADING=1 with the monotonic time, then READY=1 once it is done.
+    server.signal(Signal::SIGHUP);
+    let (_, reloading, _) = notes.until("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let (_, done, _) = notes.until("READY=1");
+    assert!(done.contains("STATUS=2/2 workers ready"), "{done}");
+    server.wait_log("reload complete", PATIENCE);
+
+    // A failed reload ends with READY=1 too, and a status that says so.
+    std::fs::write(&config, "keepalive = \"forever\"\n").unwrap();
+    server.signal(Signal::SIGHUP);
+    notes.until("RELOADING=1");
+    let (_, failed, _) = notes.until("READY=1");
+    assert!(failed.contains("STATUS=reload failed: "), "{failed}");
+    assert!(failed.contains("keepalive"), "{failed}");
+
+    // STOPPING=1 is the first thing a stop does.
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let (at, stopping, _) = notes.until("STOPPING=1");
+    let took = at - signalled;
+    assert!(
+        took < Duration::from_millis(100),
+        "STOPPING=1 came {took:?} after TERM: {stopping}"
+    );
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+}
+
+#[test]
+fn systemd_watchdog_is_pinged_at_half_its_interval() {
+    let notes = Notifications::new();
+    let server = Server::builder(Bin::Demo, 1)
+        .env("NOTIFY_SOCKET", notes.path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start();
+    notes.until("READY=1");
+    let (first, _, _) = notes.until("WATCHDOG=1");
+    let (mut last, _, _) = notes.until("WATCHDOG=1");
+    for _ in 0..3 {
+        last = notes.until("WATCHDOG=1").0;
+    }
+    let each = (last - first) / 4;
+    assert!(
+        each >= Duration::from_millis(150) && each <= Duration::from_millis(300),
+        "pinged every {each:?}, not every 200ms"
+    );
+    drop(server);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn systemd_socket_activate() -> &'static str {
+    let path = "/usr/bin/systemd-socket-activate";
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} is missing: install Debian's systemd package (.ci/run does)"
+    );
+    path
+}
+
+/// `systemd-socket-activate` starts the server when the first client connects, as systemd
+/// does for a socket unit: that first client waits in the queue and is served.
+#[test]
+fn socket_activation_by_systemd_socket_activate_serves() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let first_client = thread::spawn(move || {
+        let until = Instant::now() + PATIENCE;
+        loop {
+            match http::try_get(addr, "/") {
+                Err(http::Failure::Refused) if Instant::now() < until => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    });
+    let mut server = Server::wrapped(&[systemd_socket_activate(), "-l", &listen], Bin::Demo, 2)
+        .without_bind()
+        .start();
+    let first = first_client
+        .join()
+        .unwrap()
+        .expect("the client that started it is served");
+    assert_eq!(first.status, 200);
+    let line = server.wait_log("listening on", PATIENCE);
+    assert!(
+        line.contains(&format!("http://{listen} (from systemd)")),
+        "{line}"
+    );
+    assert_eq!(
+        server.count_log("listening on"),
+        1,
+        "the default address was bound too"
+    );
+    for _ in 0..10 {
+        assert_eq!(http::get(server.addr, "/").status, 200);
+    }
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+}
+
+/// systemd holds the listening socket across a restart: clients that connect while no
+/// server runs wait in its queue and are served by the next one. Nothing is refused or lost.
+#[test]
+fn a_restart_under_socket_activation_refuses_nothing() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let fd = holder.as_raw_fd();
+    let start = || {
+        // LISTEN_PID must be the server's own pid, known only once it runs: the shell sets it
+        // to its own and execs, keeping the pid. The socket goes to fd 3, as systemd puts it.
+        let script = "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" \"$@\"";
+        let mut builder = Server::wrapped(&["sh", "-c", script], Bin::Demo, 2).without_bind();
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        unsafe {
+            builder.command().pre_exec(move || {
+                if fd == 3 {
+                    nix::fcntl::fcntl(
+                        std::os::fd::BorrowedFd::borrow_raw(3),
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                    )?;
+                } else {
+                    nix::unistd::dup2_raw(std::os::fd::BorrowedFd::borrow_raw(fd), 3)?;
+                }
+                Ok(())
+            });
+        }
+        builder.start()
+    };
+    let mut first = start();
+    assert_eq!(first.addr, addr);
+    let load = Load::keepalive(addr, 16, "/");
+    thread::sleep(Duration::from_millis(300));
+    first.signal(Signal::SIGTERM);
+    let (status, _) = first.expect_exit(PATIENCE);
+    assert!(status.success());
+    // Nobody accepts now; clients queue in the socket the holder keeps open.
+    thread::sleep(Duration::from_millis(200));
+    let mut second = start();
+    thread::sleep(Duration::from_millis(300));
+    second.signal(Signal::SIGTERM);
+    load.signalled();
+    let (status, _) = second.expect_exit(PATIENCE);
+    assert!(status.success());
+    drop(holder);
+    let tally = load.finish();
+    tally.assert_nothing_lost("restart under socket activation");
+    // Until the second stop, no connection was refused: the socket never closed.
+    assert!(second.count_log("draining") > 0);
+}
+
+/// In a new PID namespace the master is PID 1: it reaps every orphan the application leaves,
+/// and it stops on TERM like anywhere else.
+#[test]
+fn as_pid_1_the_master_reaps_orphans_and_handles_term() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "a new PID namespace needs root (CI runs as root)"
+    );
+    let mut server = Server::wrapped(
+        &["unshare", "--pid", "--fork", "--kill-child"],
+        Bin::Demo,
+        2,
+    )
+    .args(&["--log-level", "debug"])
+    .start();
+    let master = children_of(server.pid())[0];
+    for _ in 0..10 {
+        let body = http::get(server.addr, "/orphan").text();
+        assert!(body.starts_with("orphan "), "{body}");
+    }
+    // The orphans sleep 200 ms, then exit, and must not stay zombies.
+    thread::sleep(Duration::from_millis(800));
+    let zombies = zombies_of(master);
+    assert!(zombies.is_empty(), "zombies left under PID 1: {zombies:?}");
+    // The master itself reaped them: they were re-parented to it, PID 1.
+    assert!(server.count_log("not a worker") >= 10, "{}", server.log());
+    nix::sys::signal::kill(master, Signal::SIGTERM).unwrap();
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+}
+
+fn zombies_of(parent: Pid) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 1 && fields[0] == "Z" && fields[1] == parent.as_raw().to_string()
+        })
+        .collect()
+}
+
+fn status_line(pid: Pid, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn privileges_are_dropped_in_master_and_workers_after_binding() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: dropping privileges needs root; run the suite as root to test it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("index.html"), "hi").unwrap();
+    let socket = dir.path().join("p.sock");
+    let bind = format!("unix:{}", socket.display());
+    let server = Server::builder(Bin::Prefork, 2)
+        .args(&[
+            "--user",
+            "nobody",
+            "--group",
+            "nogroup",
+            "--bind-mode",
+            "660",
+        ])
+        .args(&["--root", dir.path().to_str().unwrap()])
+        .args(&["--bind", "127.0.0.1:0", "--bind", &bind])
+        .start();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid;
+    let mut processes = server.workers();
+    processes.push(server.pid());
+    for pid in processes {
+        let uid = status_line(pid, "Uid:");
+        let gid = status_line(pid, "Gid:");
+        assert_eq!(
+            uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+            vec![nobody.to_string(); 4],
+            "{pid}: {uid}"
+        );
+        assert_eq!(
+            gid.split_whitespace().skip(1).collect::<Vec<_>>(),
+            vec![nogroup.to_string(); 4],
+            "{pid}: {gid}"
+        );
+        let groups = status_line(pid, "Groups:");
+        assert!(
+            !groups.split_whitespace().any(|g| g == "0"),
+            "{pid} kept root's group: {groups}"
+        );
+    }
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (nobody.as_raw(), nogroup.as_raw())
+    );
+    assert_eq!(http::get(server.addr, "/").text(), "hi");
+}
+
+#[test]
+fn unknown_users_and_groups_are_bad_input() {
+    let (status, stderr) = run(Bin::Prefork, &["check", "--user", "no-such-user-here"], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'no-such-user-here' for user (from --user): no such user"),
+        "{stderr}"
+    );
+    let (status, stderr) = run(Bin::Prefork, &["check", "--group", "no-such-group"], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no such group"), "{stderr}");
+}
+
+#[test]
+fn the_pid_file_is_written_refused_when_taken_and_removed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("prefork.pid");
+    // A stale file, naming no live process, is replaced.
+    std::fs::write(&pidfile, "2147483000\n").unwrap();
+    let mut server = Server::builder(Bin::Demo, 1)
+        .args(&["--pid", pidfile.to_str().unwrap()])
+        .start();
+    let written = std::fs::read_to_string(&pidfile).unwrap();
+    assert_eq!(written, format!("{}\n", server.pid()));
+    // A second server with the same pid file stops at once, binding nothing.
+    let (status, stderr) = run(
+        Bin::Demo,
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--pid",
+            pidfile.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("names running process {}", server.pid())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), written);
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(!pidfile.exists(), "the pid file outlived the server");
+}
+
+#[test]
+fn unix_sockets_get_the_umask_replace_stale_files_and_are_removed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    // A socket file left behind by a server that died: nothing listens on it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let bind = format!("unix:{}", socket.display());
+    let mut server = Server::builder(Bin::Demo, 1)
+        .args(&["--bind", "127.0.0.1:0", "--bind", &bind, "--umask", "077"])
+        .start();
+    let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "mode {mode:o}");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with("Hello, World!"), "{reply}");
+    // A live server's socket is never taken over.
+    let (status, stderr) = run(Bin::Demo, &["serve", "--bind", &bind], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another server is listening"), "{stderr}");
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    assert!(!socket.exists(), "the socket file outlived the server");
+}
