@@ -99,6 +99,10 @@ fn systemd_hears_ready_reloading_and_stopping_in_order() {
         took < Duration::from_millis(100),
         "STOPPING=1 came {took:?} after TERM: {stopping}"
     );
+    // The drain may outlast a short TimeoutStopSec: systemd is asked to wait for it.
+    let (_, extend, _) = notes.until("EXTEND_TIMEOUT_USEC=");
+    let usec: u64 = extend.trim().rsplit('=').next().unwrap().parse().unwrap();
+    assert!(usec > 30_000_000, "extended by only {usec} µs: {extend}");
     let (status, _) = server.expect_exit(PATIENCE);
     assert!(status.success());
 }

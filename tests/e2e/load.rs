@@ -38,8 +38,13 @@ impl Tally {
         self.losses.push(what);
     }
 
-    /// Fails the test if anything was lost; also requires that something was served.
+    /// Fails the test if anything was lost; also requires that something was served. Prints
+    /// the counts (`cargo test -- --nocapture` shows them).
     pub fn assert_nothing_lost(&self, context: &str) {
+        eprintln!(
+            "tally: {context}: {} served, {} refused after the signal, {} lost",
+            self.ok, self.refused, self.lost
+        );
         assert!(self.ok > 0, "{context}: no request was served: {self:?}");
         assert_eq!(self.lost, 0, "{context}: lost requests: {:#?}", self.losses);
     }

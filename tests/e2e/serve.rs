@@ -444,3 +444,39 @@ fn a_stopped_server_leaves_no_process_and_frees_the_port() {
     assert!(!workers.iter().any(|w| alive(*w)));
     std::net::TcpListener::bind(server.addr).expect("the port is free again");
 }
+
+/// Garbage, oversized heads and bad framing get a 4xx, never a dead worker.
+#[test]
+fn malformed_http_gets_a_4xx_and_the_worker_lives() {
+    let server = Server::start(Bin::Demo, 1);
+    let workers = server.wait_workers(1, &[]);
+    let long_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let cases: [(&[u8], &[u16]); 4] = [
+        (b"GARBAGE\r\n\r\n", &[400]),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+            &[400],
+        ),
+        (b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", &[400]),
+        (long_header.as_bytes(), &[400, 431]),
+    ];
+    for (request, statuses) in cases {
+        let mut conn = Conn::connect(server.addr).unwrap();
+        // The server may answer and close before it has read all of a huge request.
+        let _ = conn.send(request);
+        let response = conn
+            .read_response(false)
+            .expect("an answer, not a dropped connection");
+        assert!(
+            statuses.contains(&response.status),
+            "{:?}: {}",
+            String::from_utf8_lossy(&request[..request.len().min(40)]),
+            response.status
+        );
+    }
+    assert_eq!(server.workers(), workers, "a worker died");
+    assert_eq!(http::get(server.addr, "/").status, 200);
+}
