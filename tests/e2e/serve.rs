@@ -437,8 +437,13 @@ fn a_stopped_server_leaves_no_process_and_frees_the_port() {
     let mut server = Server::start(Bin::Prefork, 2);
     let workers = server.workers();
     server.signal(Signal::SIGTERM);
-    let (status, _) = server.expect_exit(PATIENCE);
+    let (status, took) = server.expect_exit(PATIENCE);
     assert!(status.success());
+    // Nothing to drain: the stop is immediate (a few ms; the bound is loose for slow CI).
+    assert!(
+        took < Duration::from_millis(300),
+        "an idle stop took {took:?}"
+    );
     assert!(wait_dead(&workers, PATIENCE));
     assert!(!process_group_alive(server.pid()));
     assert!(!workers.iter().any(|w| alive(*w)));
@@ -479,4 +484,54 @@ fn malformed_http_gets_a_4xx_and_the_worker_lives() {
     }
     assert_eq!(server.workers(), workers, "a worker died");
     assert_eq!(http::get(server.addr, "/").status, 200);
+}
+
+#[test]
+fn multi_thread_workers_serve_and_drain() {
+    let mut server = Server::builder(Bin::Demo, 1)
+        .args(&["--threads", "2"])
+        .start();
+    let addr = server.addr;
+    let slow = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=1000"));
+    // With two runtime threads a blocking handler leaves the other thread serving.
+    let blocked = thread::spawn(move || Conn::connect(addr).unwrap().get("/block?ms=1000"));
+    thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    assert_eq!(http::get(addr, "/").status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the runtime was blocked"
+    );
+    server.signal(Signal::SIGTERM);
+    assert_eq!(slow.join().unwrap().unwrap().status, 200);
+    assert_eq!(blocked.join().unwrap().unwrap().status, 200);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+}
+
+#[test]
+fn idle_keepalive_connections_time_out_and_zero_turns_keepalive_off() {
+    let server = Server::builder(Bin::Demo, 1)
+        .args(&["--keepalive", "300ms"])
+        .start();
+    let mut conn = Conn::connect(server.addr).unwrap();
+    let response = conn.get("/").unwrap();
+    assert!(!response.closes());
+    let idle = std::time::Instant::now();
+    assert!(
+        conn.closed_within(PATIENCE),
+        "the idle connection was never closed"
+    );
+    let after = idle.elapsed();
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_secs(3),
+        "closed after {after:?}, not after 300ms"
+    );
+
+    let server = Server::builder(Bin::Demo, 1)
+        .args(&["--keepalive", "0"])
+        .start();
+    let mut conn = Conn::connect(server.addr).unwrap();
+    assert!(conn.get("/").unwrap().closes());
+    assert!(conn.closed_within(Duration::from_secs(2)));
 }
