@@ -33,7 +33,7 @@ use crate::worker::Handoff;
 use listeners::Listener;
 use pidfile::Pidfile;
 use signals::Signals;
-pub(crate) use signals::unblock_in_child;
+pub(crate) use signals::{MASTER_ONLY, unblock_in_child};
 use systemd::Notifier;
 use workers::{Slot, Worker, WorkerExit};
 

@@ -6,20 +6,25 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// Every signal the master acts on or deliberately ignores. Being blocked, none of them can
-/// kill it by its default action.
-const HANDLED: [Signal; 11] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
+/// Signals that mean something to the master only. Sent to the whole process group (a
+/// terminal's hang-up, `kill -HUP -PGID`) they also reach the workers, which ignore them.
+pub(crate) const MASTER_ONLY: [Signal; 7] = [
     Signal::SIGHUP,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGWINCH,
-    Signal::SIGCHLD,
     Signal::SIGALRM,
+];
+
+/// The rest the master handles: the stops, which workers also obey when sent to them directly,
+/// and children's exits.
+const STOPS_AND_CHILDREN: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGCHLD,
 ];
 
 pub(crate) struct Signals {
@@ -59,10 +64,12 @@ pub(crate) fn unblock_in_child() -> nix::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
+/// Every signal the master acts on or deliberately ignores. Being blocked, none of them can
+/// kill it by its default action.
 fn handled() -> SigSet {
     let mut mask = SigSet::empty();
-    for sig in HANDLED {
-        mask.add(sig);
+    for sig in MASTER_ONLY.iter().chain(&STOPS_AND_CHILDREN) {
+        mask.add(*sig);
     }
     mask
 }

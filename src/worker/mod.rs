@@ -119,17 +119,7 @@ where
 
 fn prepare_process(master: Pid) -> Result<(), String> {
     crate::master::unblock_in_child().map_err(|e| format!("cannot unblock signals: {e}"))?;
-    // Signals meant for the master also reach workers sent to the whole process group (a
-    // terminal's hang-up, a `kill -HUP -PGID`); they must not kill or confuse a worker.
-    for sig in [
-        Signal::SIGHUP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-        Signal::SIGALRM,
-    ] {
+    for sig in crate::master::MASTER_ONLY {
         // SAFETY: installing SIG_IGN runs no handler code.
         unsafe { signal(sig, SigHandler::SigIgn) }
             .map_err(|e| format!("cannot ignore {sig}: {e}"))?;

@@ -92,10 +92,7 @@ fn http2_streams_open_at_the_signal_finish_and_idle_connections_get_goaway_at_on
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let mut server = Server::start(Bin::Demo, 1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::harness::runtime();
     let url = |path: &str| server.url(path);
     rt.block_on(async {
         let connect = || async {
@@ -166,10 +163,7 @@ fn websockets_get_going_away_and_event_streams_end_cleanly() {
             })
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::harness::runtime();
     let closes = rt.block_on(async {
         let mut sockets = Vec::new();
         for _ in 0..5 {
@@ -227,10 +221,7 @@ fn a_handler_that_ignores_the_drain_is_cut_at_the_deadline() {
     let mut server = Server::builder(Bin::Demo, 1)
         .args(&["--graceful-timeout", "2s"])
         .start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::harness::runtime();
     let _ws = rt.block_on(async {
         tokio_tungstenite::connect_async(format!("ws://{}/ws-quiet", server.addr))
             .await

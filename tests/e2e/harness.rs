@@ -304,16 +304,28 @@ impl Server {
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_lines(&format!("a log line with {needle:?}"), timeout, |lines| {
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Waits until `found` finds something in the log lines, at most `timeout`.
+    fn wait_lines<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        found: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
         let until = Instant::now() + timeout;
         let mut lines = self.log.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
-                return line.clone();
+            if let Some(value) = found(&lines) {
+                return value;
             }
             let left = until.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                "no {what} within {timeout:?}; log:\n{}",
                 lines.join("\n")
             );
             lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
@@ -333,20 +345,11 @@ impl Server {
 
     /// Waits until `n` log lines contain `needle`.
     pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
-                return;
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "fewer than {n} log lines with {needle:?} within {timeout:?}; log:\n{}",
-                lines.join("\n")
-            );
-            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
-        }
+        self.wait_lines(
+            &format!("{n} log lines with {needle:?}"),
+            timeout,
+            |lines| (lines.iter().filter(|l| l.contains(needle)).count() >= n).then_some(()),
+        )
     }
 
     pub fn log(&self) -> String {
@@ -465,4 +468,13 @@ fn pgrp(pid: i32) -> Option<i32> {
 /// Distinct values, for counting which workers served.
 pub fn distinct<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> usize {
     items.iter().cloned().collect::<HashSet<_>>().len()
+}
+
+/// A tokio runtime for a test's async clients (HTTP/2, websockets). The harness itself never
+/// forks; the servers it starts do.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }

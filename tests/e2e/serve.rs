@@ -79,10 +79,7 @@ fn http2_prior_knowledge_is_served() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let server = Server::start(Bin::Demo, 1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::harness::runtime();
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let (mut send, conn) =
@@ -277,10 +274,7 @@ fn websocket_gets_going_away_on_term() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let mut server = Server::start(Bin::Demo, 1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::harness::runtime();
     let close = rt.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
             .await
