@@ -1,0 +1,193 @@
+//! The baseline of the benchmarks: the same applications prefork serves, in one process on a
+//! multi-thread tokio runtime, the way an application is served without prefork.
+//!
+//! ```text
+//! cargo run --release --example baseline -- --threads 2 --bind 127.0.0.1:0 [--root DIR]
+//! ```
+//!
+//! Without `--root` it serves the demo's `GET /` ("Hello, World!", the same handler as
+//! `examples/demo.rs`); with `--root` it serves the directory with prefork's built-in static
+//! app (`prefork::app::static_files`, the very service the `prefork` binary uses). Connections
+//! get the HTTP settings prefork's workers use by default: HTTP/1.1 with keep-alive and a 5 s
+//! idle timeout, or HTTP/2, and TCP_NODELAY. The listen backlog is prefork's default, 2048.
+//!
+//! It logs `listening on http://ADDR` to stderr like prefork does. TERM is a graceful stop in
+//! the usual hyper way: stop accepting, let every connection finish what it is doing (idle
+//! keep-alive connections close at once), exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// prefork's default listen backlog.
+const BACKLOG: i32 = 2048;
+/// prefork's default keep-alive idle timeout.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// The longest a graceful stop waits for connections (prefork's default graceful_timeout).
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Args {
+    threads: usize,
+    bind: SocketAddr,
+    root: Option<PathBuf>,
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("baseline: error: {message}");
+    eprintln!("usage: baseline [--threads N] [--bind HOST:PORT] [--root DIR]");
+    ExitCode::from(2)
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        bind: "127.0.0.1:8000".parse().expect("a socket address"),
+        root: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            // Accepted so that the benchmarks can give both servers the same first word.
+            "serve" => {}
+            "--threads" | "-t" => {
+                args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?;
+                if args.threads == 0 {
+                    return Err("--threads must be at least 1".to_string());
+                }
+            }
+            "--bind" | "-b" => {
+                args.bind = value()?.parse().map_err(|e| format!("--bind: {e}"))?;
+            }
+            "--root" => args.root = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => return usage(&message),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .expect("build the runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baseline: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The demo's `/`, handler for handler.
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "Hello, World!" }))
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let listener = bind(args.bind)?;
+    eprintln!(
+        "baseline: listening on http://{} ({} runtime thread(s))",
+        listener.local_addr()?,
+        args.threads
+    );
+    match args.root {
+        Some(root) => {
+            let app = prefork::app::static_files(&root);
+            serve(listener, TowerToHyperService::new(app)).await
+        }
+        None => serve(listener, TowerToHyperService::new(hello())).await,
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn serve<S, B>(listener: TcpListener, service: S) -> std::io::Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(KEEPALIVE);
+    builder.http2().timer(TokioTimer::new());
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut term = signal(SignalKind::terminate())?;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = term.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("baseline: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let service = service.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = stop.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(GRACEFUL_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("baseline: graceful timeout reached, cutting connections");
+    }
+    Ok(())
+}
