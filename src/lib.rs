@@ -22,6 +22,7 @@
 
 mod access_log;
 pub mod app;
+mod balance;
 mod cli;
 mod config;
 mod control;

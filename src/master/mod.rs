@@ -26,6 +26,7 @@ use nix::unistd::{ForkResult, Pid, fork, getpid};
 use tracing::{debug, error, info, warn};
 
 use crate::Error;
+use crate::balance::Board;
 use crate::config::Config;
 use crate::control::{self, Leave, Received, ToMaster, ToWorker};
 use crate::exit;
@@ -96,6 +97,7 @@ pub(crate) struct Master<'a> {
     boot_error: Option<Error>,
     last_turn: Instant,
     notifier: Notifier,
+    board: Board,
 }
 
 impl<'a> Master<'a> {
@@ -121,7 +123,12 @@ impl<'a> Master<'a> {
             .and_then(|()| {
                 Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
             });
-        let signals = match started {
+        let started = started.and_then(|signals| {
+            let board =
+                Board::new().map_err(|e| Error::io("cannot map the balancing board", e.into()))?;
+            Ok((signals, board))
+        });
+        let (signals, board) = match started {
             Ok(signals) => signals,
             Err(e) => {
                 listeners::remove_socket_files(&listeners::socket_files(&listeners));
@@ -151,6 +158,7 @@ impl<'a> Master<'a> {
             boot_error: None,
             last_turn: Instant::now(),
             notifier: Notifier::from_env(),
+            board,
         })
     }
 
@@ -364,6 +372,7 @@ impl<'a> Master<'a> {
             return;
         };
         let worker = self.workers.swap_remove(index);
+        self.board.clear(worker.cell);
         let slot = worker.slot;
         if worker.leaving {
             info!("worker {slot} (pid {pid}) {status}");
@@ -660,6 +669,10 @@ impl<'a> Master<'a> {
             }
         };
         let master_pid = getpid();
+        let cell = (0..)
+            .find(|cell| !self.workers.iter().any(|w| w.cell == *cell))
+            .expect("fewer workers than cells to number them");
+        self.board.clear(cell);
         // SAFETY: the master is single-threaded (it never starts a thread and never runs
         // tokio), so the child is a faithful copy with no lock held by a vanished thread.
         match unsafe { fork() } {
@@ -670,7 +683,7 @@ impl<'a> Master<'a> {
                     self.slots[slot - 1].filled();
                 }
                 self.workers
-                    .push(Worker::new(slot, generation, child, master_end));
+                    .push(Worker::new(slot, generation, cell, child, master_end));
             }
             Ok(ForkResult::Child) => {
                 // Master-only descriptors go first: a worker holding a sibling's control
@@ -693,6 +706,7 @@ impl<'a> Master<'a> {
                 };
                 let handoff = Handoff {
                     slot,
+                    seat: self.board.seat(cell),
                     master: master_pid,
                     control: worker_end,
                     listeners,

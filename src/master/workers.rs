@@ -21,6 +21,8 @@ pub(crate) struct Worker {
     pub(crate) slot: usize,
     /// Reloads start a new generation beside the serving one.
     pub(crate) generation: u32,
+    /// Its cell on the accept-balancing board.
+    pub(crate) cell: usize,
     pub(crate) pid: Pid,
     /// The master's end of the control channel; `None` once the worker closed its end.
     pub(crate) control: Option<OwnedFd>,
@@ -37,11 +39,18 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(slot: usize, generation: u32, pid: Pid, control: OwnedFd) -> Self {
+    pub(crate) fn new(
+        slot: usize,
+        generation: u32,
+        cell: usize,
+        pid: Pid,
+        control: OwnedFd,
+    ) -> Self {
         let now = Instant::now();
         Self {
             slot,
             generation,
+            cell,
             pid,
             control: Some(control),
             started: now,

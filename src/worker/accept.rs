@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -13,6 +13,11 @@ use tracing::{error, warn};
 use super::{Shared, connection};
 use crate::AppService;
 use crate::master::listeners::{Listener as Bound, Socket};
+
+/// How long an overloaded worker leaves a new connection to its siblings.
+const STEP_BACK: Duration = Duration::from_millis(1);
+/// How long a worker stops deferring once its siblings left a connection waiting.
+const SIBLINGS_BUSY: Duration = Duration::from_millis(100);
 
 /// After a failed accept that is not one client's doing (out of descriptors, out of memory),
 /// how long to wait before trying again instead of spinning.
@@ -26,14 +31,36 @@ pub(crate) enum Listener {
 /// Accepts until the drain begins, then accepts everything already in the kernel's queue — the
 /// clients that connected before the drain are served, not reset — and lets go of the socket.
 pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: Arc<Shared>) {
+    let mut defer_from = Instant::now();
     loop {
+        if Instant::now() >= defer_from && shared.seat.overloaded() {
+            // Holding more than its share, this worker lets a sibling take the connection.
+            tokio::select! {
+                biased;
+                () = shared.drain.draining() => break,
+                () = tokio::time::sleep(STEP_BACK) => {}
+            }
+            // Still queued: no sibling wants it (busy, or hung). Take it, and stop deferring
+            // for a while rather than starve the queue.
+            if let Ok(Some(stream)) = listener.take_queued() {
+                stream.serve(service.clone(), &shared);
+                defer_from = Instant::now() + SIBLINGS_BUSY;
+            }
+            continue;
+        }
         let result = tokio::select! {
             biased;
             () = shared.drain.draining() => break,
             result = listener.accept() => result,
         };
         match result {
-            Ok(stream) => stream.serve(service.clone(), &shared),
+            Ok(stream) => {
+                stream.serve(service.clone(), &shared);
+                // Every worker is woken by a burst of connections; without a pause the first
+                // one awake would take the whole burst (and keep those connections for their
+                // lifetime) before its siblings get to the queue.
+                tokio::task::yield_now().await;
+            }
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
                 error!("accept failed: {e}");

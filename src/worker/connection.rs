@@ -20,7 +20,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let io = TokioIo::new(Tracked::new(io, shared.tracker.token()));
+    let io = TokioIo::new(Tracked::new(io, shared.tracker.token(), shared.seat));
     let shared = Arc::clone(shared);
     tokio::spawn(async move { serve(io, peer, service, shared).await });
 }

@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::control::ToMaster;
 use crate::master::listeners::Listener as Bound;
+use crate::balance::Seat;
 use crate::{AppService, Drain, WorkerContext, exit};
 use accept::Listener;
 use channel::Channel;
@@ -45,6 +46,7 @@ impl std::fmt::Display for Me {
 /// What the master hands a newly forked worker.
 pub(crate) struct Handoff {
     pub(crate) slot: usize,
+    pub(crate) seat: Seat,
     pub(crate) master: Pid,
     pub(crate) control: OwnedFd,
     pub(crate) listeners: Vec<Bound>,
@@ -57,6 +59,8 @@ pub(crate) struct Shared {
     drain: Drain,
     /// Counts open sockets, upgraded ones included.
     tracker: TaskTracker,
+    /// This worker's place on the accept-balancing board.
+    seat: Seat,
     /// End of the window in which idle keep-alive connections are still answered; set just
     /// before the drain handle fires.
     linger_until: OnceLock<Instant>,
@@ -151,6 +155,7 @@ where
 {
     let Handoff {
         slot,
+        seat,
         control,
         listeners,
         config,
@@ -192,6 +197,7 @@ where
         builder: http_builder(&config),
         drain,
         tracker: TaskTracker::new(),
+        seat,
         linger_until: OnceLock::new(),
         health_path: config.health_path.clone(),
         stopping: AtomicBool::new(false),
@@ -213,6 +219,7 @@ where
         }
     }
     tokio::spawn(channel::heartbeat(Arc::clone(&channel), config.timeout));
+    shared.seat.accepting(true);
     channel.send(ToMaster::Ready);
 
     let Stop::Drain {
@@ -274,6 +281,7 @@ async fn drain_until(
     let _ = shared
         .linger_until
         .set((started + config.linger).min(deadline));
+    shared.seat.accepting(false);
     shared.drain.start();
     shared.tracker.close();
     info!(

@@ -2,7 +2,8 @@
 //!
 //! The count lives in the socket rather than in the task serving it because an upgraded
 //! connection (a websocket) leaves hyper's task and lives on in the application's: the worker
-//! must still wait for it while draining and know to cut it at the deadline.
+//! must still wait for it while draining and know to cut it at the deadline. The same goes for
+//! the count on the accept-balancing board.
 
 use std::io;
 use std::pin::Pin;
@@ -11,14 +12,28 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::balance::Seat;
+
 pub(crate) struct Tracked<IO> {
     io: IO,
     _token: TaskTrackerToken,
+    seat: Seat,
 }
 
 impl<IO> Tracked<IO> {
-    pub(crate) fn new(io: IO, token: TaskTrackerToken) -> Self {
-        Self { io, _token: token }
+    pub(crate) fn new(io: IO, token: TaskTrackerToken, seat: Seat) -> Self {
+        seat.opened();
+        Self {
+            io,
+            _token: token,
+            seat,
+        }
+    }
+}
+
+impl<IO> Drop for Tracked<IO> {
+    fn drop(&mut self) {
+        self.seat.closed();
     }
 }
 

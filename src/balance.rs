@@ -1,0 +1,155 @@
+//! Accept balancing across workers.
+//!
+//! Every worker waits on the same listening socket and the kernel wakes them all for each new
+//! connection; the one that runs first takes it. A worker that is already running (busy, or
+//! just done with a request) wins those races, so a client that opens its connections one after
+//! another can land every one on the same worker, which then serves them for their lifetime
+//! while its siblings idle.
+//!
+//! The board is a small table in memory shared by the master and its workers (mapped before
+//! the first fork). Each worker publishes how many connections it holds; one that holds clearly
+//! more than the average of the workers accepting sits out the accept race for a moment, and a
+//! sibling — woken for the same connection — takes it. The master clears a worker's cell when
+//! it reaps it, so a crash leaves no stale count behind.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+
+/// More workers than this share the cells that remain, which only weakens balancing.
+const CELLS: usize = 256;
+/// Connections a worker may hold above the average before it steps back: small differences
+/// are not worth a delay.
+const SLACK: u32 = 2;
+
+#[repr(C)]
+struct Cell {
+    /// Connections the worker holds.
+    open: AtomicU32,
+    /// 1 while the worker accepts; 0 when it is draining, gone, or the cell is free.
+    accepting: AtomicU32,
+}
+
+/// The shared table. The mapping is never unmapped, so copies of the pointer stay valid in the
+/// master and in every worker.
+#[derive(Clone, Copy)]
+pub(crate) struct Board {
+    cells: NonNull<Cell>,
+}
+
+// SAFETY: the board is only atomics in a mapping that lives as long as the process.
+unsafe impl Send for Board {}
+// SAFETY: as above; every access is an atomic operation.
+unsafe impl Sync for Board {}
+
+impl Board {
+    /// Maps the table, shared with every process forked from now on.
+    pub(crate) fn new() -> nix::Result<Board> {
+        let len = NonZeroUsize::new(CELLS * size_of::<Cell>()).expect("a non-empty table");
+        // SAFETY: a fresh anonymous mapping aliases nothing; zeroed memory is a valid table of
+        // atomics (every cell free).
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )?
+        };
+        Ok(Board { cells: ptr.cast() })
+    }
+
+    fn cell(&self, index: usize) -> &Cell {
+        // SAFETY: the mapping holds CELLS cells and is never unmapped; index is reduced below.
+        unsafe { &*self.cells.as_ptr().add(index % CELLS) }
+    }
+
+    /// The master: clears a cell for a new worker, or after one is reaped.
+    pub(crate) fn clear(&self, index: usize) {
+        let cell = self.cell(index);
+        cell.accepting.store(0, Ordering::Relaxed);
+        cell.open.store(0, Ordering::Relaxed);
+    }
+
+    /// A worker: its place on the board.
+    pub(crate) fn seat(self, index: usize) -> Seat {
+        Seat {
+            board: self,
+            index: index % CELLS,
+        }
+    }
+}
+
+/// One worker's cell.
+#[derive(Clone, Copy)]
+pub(crate) struct Seat {
+    board: Board,
+    index: usize,
+}
+
+impl Seat {
+    pub(crate) fn accepting(&self, yes: bool) {
+        self.mine().accepting.store(u32::from(yes), Ordering::Relaxed);
+    }
+
+    pub(crate) fn opened(&self) {
+        self.mine().open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed(&self) {
+        // Never below zero, even if the master cleared the cell meanwhile.
+        let _ = self
+            .mine()
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Whether this worker holds more than its share of the accepting workers' connections.
+    pub(crate) fn overloaded(&self) -> bool {
+        let (mut total, mut workers) = (0u64, 0u64);
+        for index in 0..CELLS {
+            let cell = self.board.cell(index);
+            if cell.accepting.load(Ordering::Relaxed) == 1 {
+                total += u64::from(cell.open.load(Ordering::Relaxed));
+                workers += 1;
+            }
+        }
+        let mine = u64::from(self.mine().open.load(Ordering::Relaxed));
+        workers > 1 && mine * workers > total + u64::from(SLACK) * workers
+    }
+
+    fn mine(&self) -> &Cell {
+        self.board.cell(self.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_above_the_average_steps_back() {
+        let board = Board::new().unwrap();
+        let (a, b) = (board.seat(0), board.seat(1));
+        a.accepting(true);
+        for _ in 0..5 {
+            a.opened();
+        }
+        // Alone, a worker is never overloaded.
+        assert!(!a.overloaded());
+        b.accepting(true);
+        assert!(a.overloaded(), "5 against 0");
+        assert!(!b.overloaded());
+        for _ in 0..2 {
+            b.opened();
+        }
+        assert!(!a.overloaded(), "5 against 2 is within the slack");
+        b.accepting(false);
+        assert!(!a.overloaded(), "a draining worker does not count");
+        board.clear(0);
+        a.closed();
+        assert!(!a.overloaded());
+    }
+}
