@@ -14,7 +14,7 @@
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 
@@ -32,11 +32,19 @@ struct Cell {
     accepting: AtomicU32,
 }
 
-/// The shared table. The mapping is never unmapped, so copies of the pointer stay valid in the
-/// master and in every worker.
+/// The shared table: a header, then the cells. The mapping is never unmapped, so copies of the
+/// pointer stay valid in the master and in every worker.
 #[derive(Clone, Copy)]
 pub(crate) struct Board {
-    cells: NonNull<Cell>,
+    table: NonNull<Table>,
+}
+
+#[repr(C)]
+struct Table {
+    /// One past the highest cell the master ever handed out, so that workers read only cells
+    /// that can be in use (this check runs before every accept).
+    high_water: AtomicUsize,
+    cells: [Cell; CELLS],
 }
 
 // SAFETY: the board is only atomics in a mapping that lives as long as the process.
@@ -47,7 +55,7 @@ unsafe impl Sync for Board {}
 impl Board {
     /// Maps the table, shared with every process forked from now on.
     pub(crate) fn new() -> nix::Result<Board> {
-        let len = NonZeroUsize::new(CELLS * size_of::<Cell>()).expect("a non-empty table");
+        let len = NonZeroUsize::new(size_of::<Table>()).expect("a non-empty table");
         // SAFETY: a fresh anonymous mapping aliases nothing; zeroed memory is a valid table of
         // atomics (every cell free).
         let ptr = unsafe {
@@ -58,16 +66,22 @@ impl Board {
                 MapFlags::MAP_SHARED,
             )?
         };
-        Ok(Board { cells: ptr.cast() })
+        Ok(Board { table: ptr.cast() })
+    }
+
+    fn table(&self) -> &Table {
+        // SAFETY: the mapping holds a whole table and is never unmapped.
+        unsafe { self.table.as_ref() }
     }
 
     fn cell(&self, index: usize) -> &Cell {
-        // SAFETY: the mapping holds CELLS cells and is never unmapped; index is reduced below.
-        unsafe { &*self.cells.as_ptr().add(index % CELLS) }
+        &self.table().cells[index % CELLS]
     }
 
     /// The master: clears a cell for a new worker, or after one is reaped.
     pub(crate) fn clear(&self, index: usize) {
+        let high = (index % CELLS) + 1;
+        self.table().high_water.fetch_max(high, Ordering::Relaxed);
         let cell = self.cell(index);
         cell.accepting.store(0, Ordering::Relaxed);
         cell.open.store(0, Ordering::Relaxed);
@@ -91,7 +105,9 @@ pub(crate) struct Seat {
 
 impl Seat {
     pub(crate) fn accepting(&self, yes: bool) {
-        self.mine().accepting.store(u32::from(yes), Ordering::Relaxed);
+        self.mine()
+            .accepting
+            .store(u32::from(yes), Ordering::Relaxed);
     }
 
     pub(crate) fn opened(&self) {
@@ -109,8 +125,8 @@ impl Seat {
     /// Whether this worker holds more than its share of the accepting workers' connections.
     pub(crate) fn overloaded(&self) -> bool {
         let (mut total, mut workers) = (0u64, 0u64);
-        for index in 0..CELLS {
-            let cell = self.board.cell(index);
+        let high = self.board.table().high_water.load(Ordering::Relaxed);
+        for cell in &self.board.table().cells[..high.min(CELLS)] {
             if cell.accepting.load(Ordering::Relaxed) == 1 {
                 total += u64::from(cell.open.load(Ordering::Relaxed));
                 workers += 1;
@@ -132,6 +148,8 @@ mod tests {
     #[test]
     fn a_worker_above_the_average_steps_back() {
         let board = Board::new().unwrap();
+        board.clear(0);
+        board.clear(1);
         let (a, b) = (board.seat(0), board.seat(1));
         a.accepting(true);
         for _ in 0..5 {

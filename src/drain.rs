@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +18,15 @@ use tokio_util::sync::CancellationToken;
 /// Cloning is cheap (one reference count).
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
-    token: Arc<CancellationToken>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Checked on every response; the token's own check takes a lock.
+    started: AtomicBool,
+    /// Wakes whoever waits.
+    token: CancellationToken,
 }
 
 impl Drain {
@@ -26,22 +35,23 @@ impl Drain {
     }
 
     pub(crate) fn start(&self) {
-        self.token.cancel();
+        self.inner.started.store(true, Ordering::Release);
+        self.inner.token.cancel();
     }
 
     /// Whether the drain has begun.
     pub fn is_draining(&self) -> bool {
-        self.token.is_cancelled()
+        self.inner.started.load(Ordering::Acquire)
     }
 
     /// Completes when the drain begins (at once if it already has).
     pub async fn draining(&self) {
-        self.token.cancelled().await
+        self.inner.token.cancelled().await
     }
 
     /// Like [`Drain::draining`], but owns what it needs, for a `'static` task or stream.
     pub fn draining_owned(&self) -> impl Future<Output = ()> + Send + use<> {
-        let token = Arc::clone(&self.token);
-        async move { token.cancelled().await }
+        let inner = Arc::clone(&self.inner);
+        async move { inner.token.cancelled().await }
     }
 }

@@ -32,12 +32,15 @@ pub(crate) enum Listener {
 /// clients that connected before the drain are served, not reset — and lets go of the socket.
 pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: Arc<Shared>) {
     let mut defer_from = Instant::now();
+    // Made once: a fresh one per turn would register with the drain handle per connection.
+    let draining = shared.drain.draining();
+    tokio::pin!(draining);
     loop {
         if Instant::now() >= defer_from && shared.seat.overloaded() {
             // Holding more than its share, this worker lets a sibling take the connection.
             tokio::select! {
                 biased;
-                () = shared.drain.draining() => break,
+                () = &mut draining => break,
                 () = tokio::time::sleep(STEP_BACK) => {}
             }
             // Still queued: no sibling wants it (busy, or hung). Take it, and stop deferring
@@ -50,7 +53,7 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: A
         }
         let result = tokio::select! {
             biased;
-            () = shared.drain.draining() => break,
+            () = &mut draining => break,
             result = listener.accept() => result,
         };
         match result {

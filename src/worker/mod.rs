@@ -20,10 +20,10 @@ use nix::unistd::{Pid, getppid};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::balance::Seat;
 use crate::config::Config;
 use crate::control::ToMaster;
 use crate::master::listeners::Listener as Bound;
-use crate::balance::Seat;
 use crate::{AppService, Drain, WorkerContext, exit};
 use accept::Listener;
 use channel::Channel;
