@@ -326,8 +326,10 @@ fn the_load_tool_counts_what_a_killed_server_loses() {
     load.signalled();
     let tally = load.finish();
     assert!(tally.ok > 0, "{tally:?}");
-    assert_eq!(
-        tally.lost, 8,
+    // Each client had one request in flight. A client may also reconnect to a listener of a
+    // dying worker in the instant before the signal is recorded; that loss counts too.
+    assert!(
+        tally.lost >= 8,
         "each client had one request in flight: {tally:?}"
     );
 }
