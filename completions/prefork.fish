@@ -24,14 +24,14 @@ function __fish_prefork_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c prefork -n "__fish_prefork_needs_command" -s h -l help -d 'Print help'
+complete -c prefork -n "__fish_prefork_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c prefork -n "__fish_prefork_needs_command" -s V -l version -d 'Print version'
 complete -c prefork -n "__fish_prefork_needs_command" -f -a "serve" -d 'Start the master and its workers and serve until stopped by a signal'
-complete -c prefork -n "__fish_prefork_needs_command" -f -a "check" -d 'Validate the configuration `serve` would use (options, environment, config file, root directory) without binding or starting anything; exit 0 when valid, 2 otherwise'
-complete -c prefork -n "__fish_prefork_using_subcommand serve" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
+complete -c prefork -n "__fish_prefork_needs_command" -f -a "check" -d 'Validate the configuration serve would use, without starting anything'
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l threads -d 'Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one. [default: 1]' -r
-complete -c prefork -n "__fish_prefork_using_subcommand serve" -l graceful-timeout -d 'How long a graceful stop (TERM) may take before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l graceful-timeout -d 'How long a graceful stop (TERM) may take, from the start of the drain (after any --shutdown-delay), before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l timeout -d 'Kill and replace a worker whose runtime sent no heartbeat for this long (a handler blocking its thread); 0 turns the check off. [default: 30s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l reload-timeout -d 'How long a reload (HUP) waits for the new workers to be ready before it gives up and keeps the old ones. [default: 30s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l max-requests -d 'Replace a worker after it served this many requests (its replacement is ready first); 0 means never. [default: 0]' -r
@@ -46,18 +46,18 @@ complete -c prefork -n "__fish_prefork_using_subcommand serve" -s g -l group -d 
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l umask -d 'File mode creation mask, in octal, set at start. [default: the inherited one]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is --user and --group. [default: from the umask]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r
-complete -c prefork -n "__fish_prefork_using_subcommand serve" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l root -d 'Directory served by the built-in static file app. [default: .]' -r -f -a "(__fish_complete_directories)"
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l access-logfile -d 'Where workers log one line per request (combined log format plus the seconds the response took to start): a file (appended to, reopened on USR1) or - for standard output. [default: none]' -r
-complete -c prefork -n "__fish_prefork_using_subcommand serve" -s c -l config -d 'TOML config file whose keys are the option names above' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -s c -l config -d 'TOML config file whose keys are the option names above, with underscores (graceful_timeout = "10s")' -r -F
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c prefork -n "__fish_prefork_using_subcommand check" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l threads -d 'Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one. [default: 1]' -r
-complete -c prefork -n "__fish_prefork_using_subcommand check" -l graceful-timeout -d 'How long a graceful stop (TERM) may take before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l graceful-timeout -d 'How long a graceful stop (TERM) may take, from the start of the drain (after any --shutdown-delay), before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l timeout -d 'Kill and replace a worker whose runtime sent no heartbeat for this long (a handler blocking its thread); 0 turns the check off. [default: 30s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l reload-timeout -d 'How long a reload (HUP) waits for the new workers to be ready before it gives up and keeps the old ones. [default: 30s]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l max-requests -d 'Replace a worker after it served this many requests (its replacement is ready first); 0 means never. [default: 0]' -r
@@ -72,11 +72,11 @@ complete -c prefork -n "__fish_prefork_using_subcommand check" -s g -l group -d 
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l umask -d 'File mode creation mask, in octal, set at start. [default: the inherited one]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is --user and --group. [default: from the umask]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r
-complete -c prefork -n "__fish_prefork_using_subcommand check" -l root -d 'Directory served by the built-in static file app. [default: .]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l root -d 'Directory served by the built-in static file app. [default: .]' -r -f -a "(__fish_complete_directories)"
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l access-logfile -d 'Where workers log one line per request (combined log format plus the seconds the response took to start): a file (appended to, reopened on USR1) or - for standard output. [default: none]' -r
-complete -c prefork -n "__fish_prefork_using_subcommand check" -s c -l config -d 'TOML config file whose keys are the option names above' -r -F
-complete -c prefork -n "__fish_prefork_using_subcommand check" -s h -l help -d 'Print help'
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s c -l config -d 'TOML config file whose keys are the option names above, with underscores (graceful_timeout = "10s")' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s V -l version -d 'Print version'

@@ -5,13 +5,16 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueHint};
 
 use crate::Error;
 use crate::config::{Config, Source};
 
-/// A multi-worker prefork HTTP server: a master process binds the sockets and supervises
-/// worker processes that serve HTTP/1.1 and HTTP/2 with tokio and hyper.
+/// A multi-worker prefork HTTP server.
+///
+/// A master process binds the sockets and supervises worker processes that serve HTTP/1.1 and
+/// HTTP/2 with tokio and hyper. Stopping, reloading or recycling loses no request and never
+/// hangs.
 #[derive(Parser, Debug)]
 #[command(
     name = "prefork",
@@ -28,8 +31,10 @@ pub struct Cli {
 enum Command {
     /// Start the master and its workers and serve until stopped by a signal.
     Serve(ServeArgs),
-    /// Validate the configuration `serve` would use (options, environment, config file, root
-    /// directory) without binding or starting anything; exit 0 when valid, 2 otherwise.
+    /// Validate the configuration serve would use, without starting anything.
+    ///
+    /// Checks the options, the environment, the config file, the root directory, users and
+    /// groups; binds nothing. Exits 0 when valid, 2 otherwise.
     Check(ServeArgs),
 }
 
@@ -38,8 +43,8 @@ enum Command {
 /// `PREFORK_NAME`. Precedence: defaults < config file < environment < command line.
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several.
-    /// [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]
+    /// Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or
+    /// separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]
     #[arg(
         short,
         long,
@@ -58,8 +63,9 @@ struct ServeArgs {
     #[arg(long, value_name = "N", env = "PREFORK_THREADS")]
     threads: Option<String>,
 
-    /// How long a graceful stop (TERM) may take before what is left is cut. Durations are
-    /// written 30, 30s, 500ms, 2m or 1h. [default: 30s]
+    /// How long a graceful stop (TERM) may take, from the start of the drain (after any
+    /// --shutdown-delay), before what is left is cut. Durations are written 30, 30s, 500ms, 2m
+    /// or 1h. [default: 30s]
     #[arg(long, value_name = "DUR", env = "PREFORK_GRACEFUL_TIMEOUT")]
     graceful_timeout: Option<String>,
 
@@ -133,7 +139,7 @@ struct ServeArgs {
     pid: Option<String>,
 
     /// Directory served by the built-in static file app. [default: .]
-    #[arg(long, value_name = "DIR", env = "PREFORK_ROOT")]
+    #[arg(long, value_name = "DIR", env = "PREFORK_ROOT", value_hint = ValueHint::DirPath)]
     root: Option<String>,
 
     /// Most verbose level logged: error, warn, info, debug or trace. [default: info]
@@ -156,8 +162,9 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "PREFORK_ACCESS_LOGFILE")]
     access_logfile: Option<String>,
 
-    /// TOML config file whose keys are the option names above.
-    #[arg(short, long, value_name = "FILE", env = "PREFORK_CONFIG")]
+    /// TOML config file whose keys are the option names above, with underscores
+    /// (graceful_timeout = "10s").
+    #[arg(short, long, value_name = "FILE", env = "PREFORK_CONFIG", value_hint = ValueHint::FilePath)]
     config: Option<PathBuf>,
 }
 
