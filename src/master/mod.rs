@@ -10,7 +10,9 @@
 pub(crate) mod listeners;
 mod pidfile;
 pub(crate) mod privileges;
+mod reload;
 mod signals;
+mod spawn;
 mod systemd;
 mod workers;
 
@@ -22,7 +24,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, getpid};
+use nix::unistd::{Pid, getpid};
 use tracing::{debug, error, info, warn};
 
 use crate::Error;
@@ -33,6 +35,7 @@ use crate::exit;
 use crate::worker::Handoff;
 use listeners::Listener;
 use pidfile::Pidfile;
+use reload::Pending;
 use signals::Signals;
 pub(crate) use signals::{MASTER_ONLY, unblock_in_child};
 use systemd::Notifier;
@@ -63,14 +66,6 @@ pub(crate) type Reconfigure<'a> = &'a dyn Fn() -> Result<Config, Error>;
 enum Stop {
     Graceful,
     Quick,
-}
-
-/// A reload under way: a new generation of workers starting beside the old one.
-struct Pending {
-    generation: u32,
-    config: Config,
-    listeners: Vec<Listener>,
-    deadline: Instant,
 }
 
 pub(crate) struct Master<'a> {
@@ -288,38 +283,6 @@ impl<'a> Master<'a> {
         }
     }
 
-    /// Reload: read the configuration again, bind any new address, and start a new generation
-    /// of workers; the old one drains only once every new worker is ready.
-    fn on_hup(&mut self, now: Instant) {
-        if self.stopping.is_some() {
-            return;
-        }
-        if self.pending.is_some() {
-            info!("SIGHUP: a reload is already under way");
-            return;
-        }
-        self.notifier.reloading();
-        let config = match (self.reconfigure)() {
-            Ok(config) => config,
-            Err(e) => return self.reload_failed(None, &e.to_string()),
-        };
-        let listeners = match listeners::bind_all(&config, &self.listeners) {
-            Ok(listeners) => listeners,
-            Err(e) => return self.reload_failed(None, &e.to_string()),
-        };
-        let generation = self.generation + 1;
-        info!(
-            "SIGHUP: reloading, starting {} worker(s) of generation {generation}",
-            config.workers
-        );
-        self.pending = Some(Pending {
-            generation,
-            deadline: now + config.reload_timeout,
-            config,
-            listeners,
-        });
-    }
-
     fn begin_stop(&mut self, kind: Stop, now: Instant) {
         self.notifier.stopping(match kind {
             Stop::Graceful => "stopping: draining",
@@ -518,104 +481,6 @@ impl<'a> Master<'a> {
         }
     }
 
-    /// Starts the new generation's workers, gives up on them at the reload timeout, and once
-    /// every one is ready makes it the serving generation and drains the old one.
-    fn advance_reload(&mut self) {
-        let Some(pending) = &self.pending else {
-            return;
-        };
-        let now = Instant::now();
-        if now >= pending.deadline {
-            let why = format!(
-                "new workers not ready within {:?}",
-                pending.config.reload_timeout
-            );
-            let pending = self.pending.take();
-            return self.reload_failed(pending, &why);
-        }
-        let (generation, wanted) = (pending.generation, pending.config.workers);
-        for slot in 1..=wanted {
-            if !self
-                .workers
-                .iter()
-                .any(|w| w.generation == generation && w.slot == slot)
-            {
-                self.spawn(slot, generation);
-            }
-        }
-        let ready = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == generation && w.ready)
-            .count();
-        if ready < wanted {
-            return;
-        }
-        let pending = self.pending.take().expect("checked at the top");
-        for gone in self
-            .listeners
-            .iter()
-            .filter(|old| !pending.listeners.iter().any(|new| new.addr == old.addr))
-        {
-            info!("reload: no longer listening on {}", gone.describe());
-            if let Some(path) = gone.socket_path() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        for added in pending
-            .listeners
-            .iter()
-            .filter(|new| !self.listeners.iter().any(|old| old.addr == new.addr))
-        {
-            info!("reload: listening on {}", added.describe());
-        }
-        self.listeners = pending.listeners;
-        self.socket_files = listeners::socket_files(&self.listeners);
-        self.config = pending.config;
-        self.target = self.config.workers;
-        self.generation = generation;
-        self.slots.clear();
-        let drain = Leave::Drain {
-            start: now,
-            deadline: now + self.config.graceful_timeout,
-        };
-        for worker in &mut self.workers {
-            if worker.generation != generation && !worker.leaving {
-                tell(worker, drain, now);
-            }
-        }
-        info!("reload complete: generation {generation} serving, the old workers draining");
-        let status = self.status();
-        self.notifier.ready(&status);
-    }
-
-    /// A reload did not work out: the running workers stay, and systemd hears that the
-    /// reload is over, and why it failed.
-    fn reload_failed(&mut self, pending: Option<Pending>, why: &str) {
-        error!("reload failed, keeping the running workers: {why}");
-        if let Some(pending) = pending {
-            self.abandon(pending);
-        }
-        let status = format!("reload failed: {why}; {}", self.status());
-        self.notifier.ready(&status);
-    }
-
-    /// Gives up a reload's new workers: they never served, so they are killed, not drained.
-    fn abandon(&mut self, pending: Pending) {
-        for worker in &mut self.workers {
-            if worker.generation == pending.generation && !worker.killed {
-                worker.leaving = true;
-                worker.killed = kill(worker.pid, Signal::SIGKILL).is_ok();
-            }
-        }
-        for new in &pending.listeners {
-            let added = !self.listeners.iter().any(|old| old.addr == new.addr);
-            if let Some(path) = new.socket_path().filter(|_| added) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-
     /// Brings the serving generation to the target: drains workers in slots above it, drains
     /// retiring workers once their replacement is ready, and starts a worker in every empty
     /// slot whose restart delay has passed.
@@ -656,78 +521,6 @@ impl<'a> Master<'a> {
             if !occupied && self.slots[slot - 1].due(now) {
                 self.spawn(slot, self.generation);
             }
-        }
-    }
-
-    fn spawn(&mut self, slot: usize, generation: u32) {
-        let (master_end, worker_end) = match control::pair() {
-            Ok(pair) => pair,
-            Err(e) => {
-                error!("cannot create a control channel for worker {slot}: {e}");
-                self.retry_later(slot, generation);
-                return;
-            }
-        };
-        let master_pid = getpid();
-        let cell = (0..)
-            .find(|cell| !self.workers.iter().any(|w| w.cell == *cell))
-            .expect("fewer workers than cells to number them");
-        self.board.clear(cell);
-        // SAFETY: the master is single-threaded (it never starts a thread and never runs
-        // tokio), so the child is a faithful copy with no lock held by a vanished thread.
-        match unsafe { fork() } {
-            Ok(ForkResult::Parent { child }) => {
-                drop(worker_end);
-                info!("worker {slot} (pid {child}) spawned");
-                if generation == self.generation {
-                    self.slots[slot - 1].filled();
-                }
-                self.workers
-                    .push(Worker::new(slot, generation, cell, child, master_end));
-            }
-            Ok(ForkResult::Child) => {
-                // Master-only descriptors go first: a worker holding a sibling's control
-                // channel would hide that sibling's EOF when the master dies, and one holding
-                // the other generation's listeners would keep a dropped address open.
-                drop(master_end);
-                self.signals = None;
-                self.workers.clear();
-                // Nothing of the master is dropped at exit, so what is not taken is closed here.
-                let current = (std::mem::take(&mut self.listeners), self.config.clone());
-                let (listeners, config) = match self.pending.take() {
-                    Some(p) if p.generation == generation => {
-                        drop(current);
-                        (p.listeners, p.config)
-                    }
-                    other => {
-                        drop(other);
-                        current
-                    }
-                };
-                let handoff = Handoff {
-                    slot,
-                    seat: self.board.seat(cell),
-                    master: master_pid,
-                    control: worker_end,
-                    listeners,
-                    config,
-                };
-                let code = (self.boot)(handoff);
-                std::process::exit(i32::from(code));
-            }
-            Err(e) => {
-                error!("cannot fork worker {slot}: {e}");
-                self.retry_later(slot, generation);
-            }
-        }
-    }
-
-    fn retry_later(&mut self, slot: usize, generation: u32) {
-        if generation == self.generation {
-            self.slots[slot - 1].retry_later(Instant::now());
-        } else {
-            let pending = self.pending.take();
-            self.reload_failed(pending, "a new worker could not be started");
         }
     }
 
