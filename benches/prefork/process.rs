@@ -27,21 +27,11 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
     std::fs::write(dir.path().join("index.html"), "Hello, World!").expect("write index.html");
     let root = dir.path().to_str().expect("a UTF-8 path");
     let demo_args = ["serve", "--workers", &n, "--bind", "127.0.0.1:0"];
-    let static_args = [
-        "serve",
-        "--workers",
-        &n,
-        "--bind",
-        "127.0.0.1:0",
-        "--root",
-        root,
-    ];
     let base_args = ["--threads", &n, "--bind", "127.0.0.1:0"];
-    let base_static_args = ["--threads", &n, "--bind", "127.0.0.1:0", "--root", root];
     let demo = || Server::spawn(&b.bins.demo, &demo_args);
-    let statics = || Server::spawn(&b.bins.prefork, &static_args);
+    let statics = || b.bins.static_prefork(&n, root);
     let base = || Server::spawn(&b.bins.baseline, &base_args);
-    let base_static = || Server::spawn(&b.bins.baseline, &base_static_args);
+    let base_static = || b.bins.static_baseline(&n, root);
 
     // Start-up, timed from just before exec, the three servers in turns.
     let mut demo_starts = Vec::new();

@@ -29,6 +29,33 @@ impl Bins {
     /// Finds the binaries, first building the examples in the profile this benchmark was
     /// built in (`cargo bench` builds binaries and benches, not examples). Set
     /// `PREFORK_BENCH_NO_BUILD=1` to skip the build and use what is there.
+    /// The prefork binary serving the files under `root` with `workers` workers.
+    pub fn static_prefork(&self, workers: &str, root: &str) -> Server {
+        let args = [
+            "serve",
+            "--workers",
+            workers,
+            "--bind",
+            "127.0.0.1:0",
+            "--root",
+            root,
+        ];
+        Server::spawn(&self.prefork, &args)
+    }
+
+    /// The baseline serving the same files with `threads` runtime threads.
+    pub fn static_baseline(&self, threads: &str, root: &str) -> Server {
+        let args = [
+            "--threads",
+            threads,
+            "--bind",
+            "127.0.0.1:0",
+            "--root",
+            root,
+        ];
+        Server::spawn(&self.baseline, &args)
+    }
+
     pub fn locate() -> Bins {
         let prefork = PathBuf::from(env!("CARGO_BIN_EXE_prefork"));
         let dir = prefork

@@ -173,22 +173,8 @@ pub fn static_files(b: &Bench) -> Table {
     }
     let root = dir.path().to_str().expect("a UTF-8 path");
     let n = b.workers.to_string();
-    let base = Server::spawn(
-        &b.bins.baseline,
-        &["--threads", &n, "--bind", "127.0.0.1:0", "--root", root],
-    );
-    let pre = Server::spawn(
-        &b.bins.prefork,
-        &[
-            "serve",
-            "--workers",
-            &n,
-            "--bind",
-            "127.0.0.1:0",
-            "--root",
-            root,
-        ],
-    );
+    let base = b.bins.static_baseline(&n, root);
+    let pre = b.bins.static_prefork(&n, root);
     pre.wait_log("worker(s) ready", 0, PATIENCE);
     let mut table = Table::new(format!(
         "2. Static files: the prefork binary --workers {n} --root vs the same ServeDir in one \
