@@ -455,7 +455,7 @@ impl<'a> Master<'a> {
         for worker in &mut self.workers {
             if !worker.killed && now - worker.last_beat > timeout {
                 error!(
-                    "worker {} (pid {}) sent no heartbeat for {:?}: killing it",
+                    "worker {} (pid {}) sent no heartbeat for {:.1?}: killing it",
                     worker.slot,
                     worker.pid,
                     now - worker.last_beat

@@ -232,7 +232,7 @@ where
     shared.stopping.store(true, Ordering::Relaxed);
     if start > Instant::now() {
         info!(
-            "{me}: serving for the shutdown delay ({:?}), health checks failing",
+            "{me}: serving for the shutdown delay ({:.1?}), health checks failing",
             start - Instant::now()
         );
         loop {
@@ -285,7 +285,7 @@ async fn drain_until(
     shared.drain.start();
     shared.tracker.close();
     info!(
-        "{me}: draining {} connection(s), deadline in {:?}",
+        "{me}: draining {} connection(s), deadline in {:.1?}",
         open(shared),
         deadline.saturating_duration_since(started)
     );
@@ -293,7 +293,7 @@ async fn drain_until(
     loop {
         tokio::select! {
             () = &mut done => {
-                info!("{me}: drained in {:?}", started.elapsed());
+                info!("{me}: drained in {:.1?}", started.elapsed());
                 return exit::OK;
             }
             () = tokio::time::sleep_until(deadline.into()) => {
