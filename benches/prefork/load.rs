@@ -382,27 +382,35 @@ async fn drive(
 /// A pause after a failure, so that a refused or broken connection does not spin.
 const BACKOFF: Duration = Duration::from_millis(2);
 
+/// Records one attempt; after a failure, pauses before the next. Returns whether it failed.
+async fn attempt(
+    record: &mut Record,
+    window: Window,
+    sent: Instant,
+    result: Result<Answer, ()>,
+) -> bool {
+    let failed = result.is_err();
+    record.done(window, sent, result);
+    if failed {
+        tokio::time::sleep(BACKOFF).await;
+    }
+    failed
+}
+
 async fn keep_alive(target: &Target, record: &mut Record) {
     let window = target.window;
     'connection: while Instant::now() < window.until {
         let sent = Instant::now();
         let Some((mut tx, conn)) = connect(target.addr).await else {
-            record.done(window, sent, Err(()));
-            tokio::time::sleep(BACKOFF).await;
+            attempt(record, window, sent, Err(())).await;
             continue;
         };
         let mut conn = std::pin::pin!(conn);
         while Instant::now() < window.until {
             let sent = Instant::now();
-            let result = drive(
-                exchange(&mut tx, &target.path, false, target.tally),
-                conn.as_mut(),
-            )
-            .await;
-            let failed = result.is_err();
-            record.done(window, sent, result);
-            if failed {
-                tokio::time::sleep(BACKOFF).await;
+            let exchange = exchange(&mut tx, &target.path, false, target.tally);
+            let result = drive(exchange, conn.as_mut()).await;
+            if attempt(record, window, sent, result).await {
                 continue 'connection;
             }
         }
@@ -414,18 +422,13 @@ async fn conn_per_request(target: &Target, record: &mut Record) {
     while Instant::now() < window.until {
         let sent = Instant::now();
         let Some((mut tx, conn)) = connect(target.addr).await else {
-            record.done(window, sent, Err(()));
-            tokio::time::sleep(BACKOFF).await;
+            attempt(record, window, sent, Err(())).await;
             continue;
         };
         let mut conn = std::pin::pin!(conn);
         let exchange = exchange(&mut tx, &target.path, true, target.tally);
         let result = drive(exchange, conn.as_mut()).await;
-        let failed = result.is_err();
-        record.done(window, sent, result);
-        if failed {
-            tokio::time::sleep(BACKOFF).await;
-        }
+        attempt(record, window, sent, result).await;
     }
 }
 

@@ -275,11 +275,6 @@ impl Config {
         &self.root
     }
 
-    /// Number of worker processes the master keeps running.
-    pub fn worker_count(&self) -> usize {
-        self.workers
-    }
-
     /// Sets one option from its text form, exactly as a config file or the command line would:
     /// `set("graceful_timeout", "10s")`. Unknown options and bad values are errors that name the
     /// option and `source`.

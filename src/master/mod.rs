@@ -311,6 +311,15 @@ impl<'a> Master<'a> {
         for worker in &mut self.workers {
             tell(worker, msg, now);
         }
+        // At once, not on a later turn: workers with nothing to drain may all be gone by then.
+        let until = self.last_kill_at(now);
+        self.notifier.extend_stop(now, until);
+    }
+
+    /// When the last worker still running is killed if it has not exited by then.
+    fn last_kill_at(&self, now: Instant) -> Instant {
+        let last = self.workers.iter().filter_map(|w| w.kill_at).max();
+        last.unwrap_or(now)
     }
 
     fn reap(&mut self) {
@@ -418,6 +427,9 @@ impl<'a> Master<'a> {
     /// Keeps systemd informed: the status, the watchdog while every worker beats, and
     /// extensions of the stop timeout while a drain goes on.
     fn notify(&mut self) {
+        if !self.notifier.enabled() {
+            return;
+        }
         let now = Instant::now();
         match self.stopping {
             None if self.announced_ready && self.pending.is_none() => {
@@ -426,8 +438,8 @@ impl<'a> Master<'a> {
             }
             None => {}
             Some(_) => {
-                let until = self.workers.iter().filter_map(|w| w.kill_at).max();
-                self.notifier.extend_stop(now, until.unwrap_or(now));
+                let until = self.last_kill_at(now);
+                self.notifier.extend_stop(now, until);
             }
         }
         let healthy = self

@@ -35,6 +35,11 @@ impl Notifier {
         }
     }
 
+    /// Whether systemd listens (`NOTIFY_SOCKET` is set).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Every worker is ready: at start, and at the end of a reload (also a failed one).
     pub(crate) fn ready(&mut self, status: &str) {
         self.status = status.to_string();

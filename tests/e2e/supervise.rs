@@ -289,7 +289,7 @@ fn workers_recycled_after_max_requests_lose_nothing() {
     let mut server = Server::builder(Bin::Demo, 2)
         .args(&["--max-requests", "10", "--max-requests-jitter", "5"])
         .start();
-    let first = server.wait_workers(2, &[]);
+    server.wait_workers(2, &[]);
     let load = Load::keepalive(server.addr, 8, "/");
     thread::sleep(Duration::from_millis(1500));
     server.signal(Signal::SIGTERM);
@@ -305,7 +305,6 @@ fn workers_recycled_after_max_requests_lose_nothing() {
         server.log()
     );
     assert!(tally.ok >= 10 * recycled as u64);
-    assert!(!first.is_empty());
 }
 
 #[test]
