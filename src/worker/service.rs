@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Extensions, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -19,13 +19,13 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use super::Shared;
-use crate::AppService;
 use crate::access_log::Entry;
+use crate::{AppService, Drain};
 
 /// The service of one connection.
 pub(crate) struct HyperService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: &'static Shared,
     /// Set once the connection carried an HTTP/2 request, so its drain can start with GOAWAY
     /// at once instead of lingering as for HTTP/1.
     http2: Arc<AtomicBool>,
@@ -36,7 +36,7 @@ pub(crate) struct HyperService<S> {
 impl<S> HyperService<S> {
     pub(crate) fn new(
         inner: S,
-        shared: Arc<Shared>,
+        shared: &'static Shared,
         http2: Arc<AtomicBool>,
         peer: Option<SocketAddr>,
     ) -> Self {
@@ -60,8 +60,9 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
             self.http2.store(true, Ordering::Relaxed);
         }
         // Only HTTP/1 is asked to close: HTTP/2 forbids the header and drains with GOAWAY.
-        let closing = http1.then(|| Arc::clone(&self.shared));
-        let entry = Entry::begin(&req, self.peer);
+        let closing = http1.then_some(self.shared);
+        // Boxed, so that without an access log the response future stays small.
+        let entry = Entry::begin(&req, self.peer).map(Box::new);
         if self.shared.health_path.as_deref() == Some(req.uri().path()) {
             return ResponseFuture::Health {
                 response: Some(health(self.shared.healthy())),
@@ -70,13 +71,37 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
             };
         }
         self.shared.count_request();
-        req.extensions_mut().insert(self.shared.drain.clone());
+        let extensions = req.extensions_mut();
+        if extensions.is_empty() {
+            *extensions = self.shared.extensions.clone();
+        } else {
+            extensions.insert(self.shared.drain.clone());
+        }
         ResponseFuture::App {
             inner: self.inner.clone().oneshot(req),
             closing,
             entry,
         }
     }
+}
+
+/// Request extensions holding only the drain handle, with room for a few more entries.
+///
+/// Routers and middleware add their own entries (axum adds three); had the map been sized for
+/// the drain handle alone, the fourth would grow it, a second allocation and a rehash on every
+/// request. A clone keeps the capacity, so cloning this costs what inserting the handle into an
+/// empty map costs, and the entries added later fit.
+pub(crate) fn extensions(drain: &Drain) -> Extensions {
+    #[derive(Clone)]
+    struct Room<const N: usize>;
+    let mut extensions = Extensions::new();
+    extensions.insert(Room::<0>);
+    extensions.insert(Room::<1>);
+    extensions.insert(Room::<2>);
+    extensions.insert(Room::<3>);
+    extensions.clear();
+    extensions.insert(drain.clone());
+    extensions
 }
 
 fn health(healthy: bool) -> Response<Full<Bytes>> {
@@ -103,13 +128,13 @@ pin_project! {
         App {
             #[pin]
             inner: Oneshot<S, Request<Incoming>>,
-            closing: Option<Arc<Shared>>,
-            entry: Option<Entry>,
+            closing: Option<&'static Shared>,
+            entry: Option<Box<Entry>>,
         },
         Health {
             response: Option<Response<Full<Bytes>>>,
-            closing: Option<Arc<Shared>>,
-            entry: Option<Entry>,
+            closing: Option<&'static Shared>,
+            entry: Option<Box<Entry>>,
         },
     }
 }
