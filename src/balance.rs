@@ -30,6 +30,8 @@ struct Cell {
     open: AtomicU32,
     /// 1 while the worker accepts; 0 when it is draining, gone, or the cell is free.
     accepting: AtomicU32,
+    /// Connections the worker ever took (wrapping): whether a sibling is making progress.
+    accepted: AtomicU32,
 }
 
 /// The shared table: a header, then the cells. The mapping is never unmapped, so copies of the
@@ -111,7 +113,9 @@ impl Seat {
     }
 
     pub(crate) fn opened(&self) {
-        self.mine().open.fetch_add(1, Ordering::Relaxed);
+        let mine = self.mine();
+        mine.open.fetch_add(1, Ordering::Relaxed);
+        mine.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn closed(&self) {
@@ -134,6 +138,19 @@ impl Seat {
         }
         let mine = u64::from(self.mine().open.load(Ordering::Relaxed));
         workers > 1 && mine * workers > total + u64::from(SLACK) * workers
+    }
+
+    /// How many connections the other workers have taken, wrapping: a change between two
+    /// looks means a sibling accepted in between.
+    pub(crate) fn siblings_accepted(&self) -> u32 {
+        let high = self.board.table().high_water.load(Ordering::Relaxed);
+        self.board.table().cells[..high.min(CELLS)]
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != self.index)
+            .fold(0u32, |sum, (_, cell)| {
+                sum.wrapping_add(cell.accepted.load(Ordering::Relaxed))
+            })
     }
 
     fn mine(&self) -> &Cell {
@@ -169,5 +186,28 @@ mod tests {
         board.clear(0);
         a.closed();
         assert!(!a.overloaded());
+    }
+
+    #[test]
+    fn a_worker_sees_its_siblings_accept_but_not_itself() {
+        let board = Board::new().unwrap();
+        board.clear(0);
+        board.clear(1);
+        let (a, b) = (board.seat(0), board.seat(1));
+        let before = a.siblings_accepted();
+        a.opened();
+        assert_eq!(
+            a.siblings_accepted(),
+            before,
+            "its own accepts do not count"
+        );
+        b.opened();
+        b.closed();
+        assert_ne!(
+            a.siblings_accepted(),
+            before,
+            "a sibling's accept counts after it closed"
+        );
+        assert_eq!(b.siblings_accepted(), 1);
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct Handoff {
 pub(crate) struct Shared {
     builder: auto::Builder<TokioExecutor>,
     drain: Drain,
+    /// What a request's extensions start as: the drain handle (see [`service::extensions`]).
+    extensions: http::Extensions,
     /// Counts open sockets, upgraded ones included.
     tracker: TaskTracker,
     /// This worker's place on the accept-balancing board.
@@ -88,8 +90,11 @@ impl Shared {
 
     /// Counts a request; the one that reaches the limit asks the master for a replacement.
     fn count_request(&self) {
+        let Some(limit) = self.retire_after else {
+            return;
+        };
         let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
-        if Some(served) == self.retire_after {
+        if served == limit {
             self.channel.send(ToMaster::Retiring);
         }
     }
@@ -145,7 +150,10 @@ fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b.worker_threads(threads);
         b
     };
-    builder.enable_all().build()
+    builder
+        .on_thread_park(accept::before_park)
+        .enable_all()
+        .build()
 }
 
 async fn serve<F, S>(handoff: Handoff, factory: &F) -> u8
@@ -193,8 +201,11 @@ where
             return exit::FAILURE;
         }
     };
-    let shared = Arc::new(Shared {
+    // Every connection and request refers to this until the process exits, so it is leaked
+    // rather than reference-counted: no atomic increments per connection and per request.
+    let shared: &'static Shared = Box::leak(Box::new(Shared {
         builder: http_builder(&config),
+        extensions: service::extensions(&drain),
         drain,
         tracker: TaskTracker::new(),
         seat,
@@ -204,12 +215,12 @@ where
         channel: Arc::clone(&channel),
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
-    });
+    }));
     let mut accepting = Vec::new();
     for bound in listeners {
         match Listener::adopt(bound) {
             Ok(listener) => {
-                let task = accept::run(listener, service.clone(), Arc::clone(&shared));
+                let task = accept::run(listener, service.clone(), shared);
                 accepting.push(tokio::spawn(task));
             }
             Err(e) => {
@@ -227,7 +238,7 @@ where
         mut deadline,
     } = stops.next().await
     else {
-        return quit(me, &shared);
+        return quit(me, shared);
     };
     shared.stopping.store(true, Ordering::Relaxed);
     if start > Instant::now() {
@@ -239,7 +250,7 @@ where
             tokio::select! {
                 () = tokio::time::sleep_until(start.into()) => break,
                 stop = stops.next() => match stop {
-                    Stop::Quit => return quit(me, &shared),
+                    Stop::Quit => return quit(me, shared),
                     Stop::Drain { start: s, deadline: d } => {
                         start = start.min(s);
                         deadline = deadline.min(d);
@@ -255,7 +266,7 @@ where
         }
         shared.tracker.wait().await;
     };
-    drain_until(me, &shared, &mut stops, deadline, &config, done).await
+    drain_until(me, shared, &mut stops, deadline, &config, done).await
 }
 
 fn quit(me: Me, shared: &Shared) -> u8 {
