@@ -209,3 +209,44 @@ fn is_per_connection(e: &io::Error) -> bool {
         Some(Errno::ECONNABORTED | Errno::EINTR | Errno::EPROTO | Errno::EPERM)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::Board;
+
+    #[test]
+    fn an_overloaded_worker_stops_deferring_only_after_siblings_miss_several_in_a_row() {
+        let board = Board::new().unwrap();
+        board.clear(0);
+        board.clear(1);
+        let (me, sibling) = (board.seat(0), board.seat(1));
+        me.accepting(true);
+        sibling.accepting(true);
+        for _ in 0..5 {
+            me.opened();
+        }
+        let mut pacing = Pacing::default();
+        for _ in 0..MISSES - 1 {
+            assert!(pacing.defers(me));
+            pacing.stepped_back(false);
+        }
+        assert!(pacing.defers(me));
+        pacing.stepped_back(true);
+        for _ in 0..MISSES - 1 {
+            assert!(
+                pacing.defers(me),
+                "a sibling's progress starts the count again"
+            );
+            pacing.stepped_back(false);
+        }
+        assert!(pacing.defers(me));
+        pacing.stepped_back(false);
+        assert!(!pacing.defers(me), "siblings that miss every time are busy");
+        for _ in 0..5 {
+            me.closed();
+        }
+        let mut pacing = Pacing::default();
+        assert!(!pacing.defers(me), "a worker within its share never defers");
+    }
+}

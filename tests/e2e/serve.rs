@@ -529,3 +529,53 @@ fn idle_keepalive_connections_time_out_and_zero_turns_keepalive_off() {
     assert!(conn.get("/").unwrap().closes());
     assert!(conn.closed_within(Duration::from_secs(2)));
 }
+
+#[test]
+fn a_worker_holding_more_than_its_share_still_takes_what_a_hung_sibling_leaves() {
+    let server = Server::start(Bin::Demo, 2);
+    let workers = server.wait_workers(2, &[]);
+    // Keep-alive connections held open, and the worker that answered each.
+    let mut held: Vec<(Conn, String)> = Vec::new();
+    let mut open = |held: &mut Vec<(Conn, String)>| -> String {
+        let mut conn = Conn::connect(server.addr).expect("connect");
+        let pid = conn.get("/pid").expect("a response").text();
+        held.push((conn, pid.clone()));
+        pid
+    };
+    while distinct(&held.iter().map(|(_, pid)| pid.clone()).collect::<Vec<_>>()) < 2 {
+        assert!(held.len() < 100, "one worker took 100 connections in a row");
+        open(&mut held);
+    }
+    // Block one worker's thread: it accepts nothing until the handler returns.
+    let (mut blocking, hung) = held.pop().expect("a held connection");
+    blocking
+        .send(b"GET /block?ms=6000 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    // The other worker soon holds clearly more than its share and steps back from each new
+    // connection; with no sibling to take it, it must take it itself, and quickly.
+    for i in 0..30 {
+        let asked = std::time::Instant::now();
+        let pid = open(&mut held);
+        assert_ne!(
+            pid, hung,
+            "connection {i} was answered by the blocked worker"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "connection {i} waited {:?}",
+            asked.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the blocked worker may have woken: {:?}",
+        started.elapsed()
+    );
+    let response = blocking
+        .read_response(false)
+        .expect("the blocked request completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(server.workers(), workers, "no worker was replaced");
+}
