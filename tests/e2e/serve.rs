@@ -536,7 +536,7 @@ fn a_worker_holding_more_than_its_share_still_takes_what_a_hung_sibling_leaves()
     let workers = server.wait_workers(2, &[]);
     // Keep-alive connections held open, and the worker that answered each.
     let mut held: Vec<(Conn, String)> = Vec::new();
-    let mut open = |held: &mut Vec<(Conn, String)>| -> String {
+    let open = |held: &mut Vec<(Conn, String)>| -> String {
         let mut conn = Conn::connect(server.addr).expect("connect");
         let pid = conn.get("/pid").expect("a response").text();
         held.push((conn, pid.clone()));
