@@ -551,7 +551,16 @@ fn a_worker_holding_more_than_its_share_still_takes_what_a_hung_sibling_leaves()
     blocking
         .send(b"GET /block?ms=6000 HTTP/1.1\r\nHost: test\r\n\r\n")
         .unwrap();
-    thread::sleep(Duration::from_millis(100));
+    // Until the handler sleeps, the worker could still take the next connection.
+    let wchan = format!("/proc/{hung}/wchan");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never blocked"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     let started = std::time::Instant::now();
     // The other worker soon holds clearly more than its share and steps back from each new
     // connection; with no sibling to take it, it must take it itself, and quickly.
