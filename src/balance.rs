@@ -98,6 +98,17 @@ impl Board {
     }
 }
 
+#[cfg(test)]
+impl Board {
+    /// A fresh board with the cells of two workers, and their seats.
+    pub(crate) fn for_two() -> (Board, Seat, Seat) {
+        let board = Board::new().unwrap();
+        board.clear(0);
+        board.clear(1);
+        (board, board.seat(0), board.seat(1))
+    }
+}
+
 /// One worker's cell.
 #[derive(Clone, Copy)]
 pub(crate) struct Seat {
@@ -164,10 +175,7 @@ mod tests {
 
     #[test]
     fn a_worker_above_the_average_steps_back() {
-        let board = Board::new().unwrap();
-        board.clear(0);
-        board.clear(1);
-        let (a, b) = (board.seat(0), board.seat(1));
+        let (board, a, b) = Board::for_two();
         a.accepting(true);
         for _ in 0..5 {
             a.opened();
@@ -190,10 +198,7 @@ mod tests {
 
     #[test]
     fn a_worker_sees_its_siblings_accept_but_not_itself() {
-        let board = Board::new().unwrap();
-        board.clear(0);
-        board.clear(1);
-        let (a, b) = (board.seat(0), board.seat(1));
+        let (_, a, b) = Board::for_two();
         let before = a.siblings_accepted();
         a.opened();
         assert_eq!(

@@ -182,13 +182,7 @@ pub fn run(rt: &Runtime, spec: &Spec) -> Stats {
     });
 
     // CPU and memory are sampled on a thread of their own, across the counted window only.
-    let sockets_before = settled_sockets(&spec.server);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let pids = spec.server.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || sample(&pids, window, &stop))
-    };
+    let sampler = Sampler::start(&spec.server, window);
 
     let records: Vec<Record> = rt.block_on(async {
         let tasks: Vec<_> = (0..spec.conns)
@@ -211,15 +205,14 @@ pub fn run(rt: &Runtime, spec: &Spec) -> Stats {
         }
         records
     });
-    stop.store(true, Ordering::Relaxed);
-    let sampled = sampler.join().expect("the sampler panicked");
+    let (sampled, conns_held) = sampler.finish();
 
     let mut stats = Stats {
         elapsed: spec.duration,
         client_cpu: sampled.client_cpu,
         server_cpu: sampled.server_cpu,
         peak_mem: sampled.peak_mem,
-        conns_held: held(&spec.server, &sampled.sockets, &sockets_before),
+        conns_held,
         ..Stats::default()
     };
     let mut latencies = Vec::new();
@@ -236,6 +229,40 @@ pub fn run(rt: &Runtime, spec: &Spec) -> Stats {
     stats.p50 = percentile(&latencies, 0.50);
     stats.p99 = percentile(&latencies, 0.99);
     stats
+}
+
+/// Samples the server's CPU, memory and sockets on a thread of its own while the load runs.
+struct Sampler {
+    pids: Vec<Pid>,
+    sockets_before: Vec<usize>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Sampled>,
+}
+
+impl Sampler {
+    fn start(pids: &[Pid], window: Window) -> Sampler {
+        let sockets_before = settled_sockets(pids);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let pids = pids.to_vec();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || sample(&pids, window, &stop))
+        };
+        Sampler {
+            pids: pids.to_vec(),
+            sockets_before,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops sampling: what was sampled, and the connections each process held.
+    fn finish(self) -> (Sampled, Vec<(Pid, usize)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sampled = self.thread.join().expect("the sampler panicked");
+        let held = held(&self.pids, &sampled.sockets, &self.sockets_before);
+        (sampled, held)
+    }
 }
 
 /// The sockets each process has open once the count has stopped changing, so that the
@@ -483,23 +510,16 @@ fn wrk(threads: usize, spec: &Spec) -> Stats {
         from: start + Duration::from_millis(200).min(spec.duration / 2),
         until: start + spec.duration,
     };
-    let sockets_before = settled_sockets(&spec.server);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let pids = spec.server.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || sample(&pids, window, &stop))
-    };
+    let sampler = Sampler::start(&spec.server, window);
     let (out, client_cpu) = invoke(spec.duration);
-    stop.store(true, Ordering::Relaxed);
-    let sampled = sampler.join().expect("the sampler panicked");
+    let (sampled, conns_held) = sampler.finish();
     let server_cpu = server_cpu().saturating_sub(server0);
     let mut stats = Stats {
         elapsed: spec.duration,
         client_cpu,
         server_cpu,
         peak_mem: sampled.peak_mem,
-        conns_held: held(&spec.server, &sampled.sockets, &sockets_before),
+        conns_held,
         ..Stats::default()
     };
     let mut transfer = 0.0;

@@ -124,8 +124,7 @@ pub(crate) fn before_park() {
 /// When a worker holding more than its share steps back from the accept race.
 #[derive(Default)]
 struct Pacing {
-    /// Step-backs in a row after which the connection was still there and no sibling had
-    /// accepted anything.
+    /// Step-backs in a row during which no sibling accepted anything.
     misses: u32,
     /// Until then the worker accepts without deferring.
     busy_until: Option<Instant>,
@@ -217,10 +216,7 @@ mod tests {
 
     #[test]
     fn an_overloaded_worker_stops_deferring_only_after_siblings_miss_several_in_a_row() {
-        let board = Board::new().unwrap();
-        board.clear(0);
-        board.clear(1);
-        let (me, sibling) = (board.seat(0), board.seat(1));
+        let (_, me, sibling) = Board::for_two();
         me.accepting(true);
         sibling.accepting(true);
         for _ in 0..5 {
