@@ -195,6 +195,7 @@ fn a_restart_under_socket_activation_refuses_nothing() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
 
+    let _pad = std::fs::File::open("/dev/null").unwrap();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
     let fd = holder.as_raw_fd();
@@ -212,7 +213,9 @@ fn a_restart_under_socket_activation_refuses_nothing() {
                         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
                     )?;
                 } else {
-                    nix::unistd::dup2_raw(std::os::fd::BorrowedFd::borrow_raw(fd), 3)?;
+                    // nix hands back fd 3 as an OwnedFd; it must outlive the exec, not close.
+                    let socket = nix::unistd::dup2_raw(std::os::fd::BorrowedFd::borrow_raw(fd), 3)?;
+                    std::mem::forget(socket);
                 }
                 Ok(())
             });
