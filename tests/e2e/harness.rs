@@ -49,6 +49,8 @@ impl Bin {
 struct Log {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// Every process has closed the stderr the log is read from: no line will come.
+    ended: AtomicBool,
 }
 
 pub struct Server {
@@ -138,6 +140,7 @@ impl Builder {
                         let Ok(line) = line else { break };
                         reader_log.push(line);
                     }
+                    reader_log.end();
                 });
             }
             Some(path) => {
@@ -167,6 +170,13 @@ impl Builder {
 impl Log {
     fn push(&self, line: String) {
         self.lines.lock().unwrap().push(line);
+        self.grew.notify_all();
+    }
+
+    fn end(&self) {
+        // Under the lock, so that a waiter between its check and its wait still wakes.
+        let _lines = self.lines.lock().unwrap();
+        self.ended.store(true, Ordering::Relaxed);
         self.grew.notify_all();
     }
 }
@@ -322,6 +332,11 @@ impl Server {
             if let Some(value) = found(&lines) {
                 return value;
             }
+            assert!(
+                !self.log.ended.load(Ordering::Relaxed),
+                "no {what}: the server closed its stderr; log:\n{}",
+                lines.join("\n")
+            );
             let left = until.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
