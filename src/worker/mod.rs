@@ -3,6 +3,7 @@
 mod accept;
 mod channel;
 mod connection;
+mod heap;
 mod service;
 mod stop;
 mod tracked;
@@ -113,6 +114,7 @@ where
         error!("{me}: {e}");
         return exit::FAILURE;
     }
+    heap::keep_freed_memory();
     let runtime = match build_runtime(handoff.config.threads) {
         Ok(rt) => rt,
         Err(e) => {
