@@ -26,9 +26,6 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// Finds the binaries, first building the examples in the profile this benchmark was
-    /// built in (`cargo bench` builds binaries and benches, not examples). Set
-    /// `PREFORK_BENCH_NO_BUILD=1` to skip the build and use what is there.
     /// The prefork binary serving the files under `root` with `workers` workers.
     pub fn static_prefork(&self, workers: &str, root: &str) -> Server {
         let args = [
@@ -56,6 +53,9 @@ impl Bins {
         Server::spawn(&self.baseline, &args)
     }
 
+    /// Finds the binaries, first building the examples in the profile this benchmark was
+    /// built in (`cargo bench` builds binaries and benches, not examples). Set
+    /// `PREFORK_BENCH_NO_BUILD=1` to skip the build and use what is there.
     pub fn locate() -> Bins {
         let prefork = PathBuf::from(env!("CARGO_BIN_EXE_prefork"));
         let dir = prefork

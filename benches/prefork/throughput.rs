@@ -204,6 +204,12 @@ pub fn static_files(b: &Bench) -> Table {
         "files of 1 KiB and 1 MiB in a temporary directory; medians over the rounds, ratio = \
          median of the per-round ratios; latency ratios: lower is better",
     );
+    table.note(
+        "both serve through prefork::app::static_files; prefork's workers keep up to 4 MiB of \
+         freed heap (src/worker/heap.rs) while the baseline runs with glibc's defaults, which \
+         give memory back and fault it in again on every 1 MiB response; run the bench with \
+         MALLOC_TRIM_THRESHOLD_=4194304 (both servers then use it) to compare without it",
+    );
     table
 }
 
