@@ -18,6 +18,11 @@ use crate::AppService;
 use crate::balance::Seat;
 use crate::master::listeners::{Listener as Bound, Socket as BoundSocket};
 
+/// How long an overloaded worker waits for a sibling that did not take the last connection it
+/// was left.
+const STEP_BACK: Duration = Duration::from_millis(1);
+/// Step-backs in a row, all missed, that only yield before the worker waits on the timer.
+const YIELDS: u32 = 2;
 /// Step-backs in a row during which no sibling took any connection: then the siblings are
 /// busy (or hung) rather than slow to wake, and waiting on them only delays clients.
 const MISSES: u32 = 4;
@@ -63,7 +68,14 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
             // Holding more than its share, this worker lets a sibling (woken for the same
             // connection) take it, and takes it itself only if it is still queued after that.
             let before = shared.seat.siblings_accepted();
-            step_back().await;
+            match pacing.patience() {
+                Patience::Yield => step_back().await,
+                Patience::Wait => tokio::select! {
+                    biased;
+                    () = &mut draining => break,
+                    () = tokio::time::sleep(STEP_BACK) => {}
+                },
+            }
             pacing.stepped_back(shared.seat.siblings_accepted() != before);
         }
         // An empty queue (a sibling took the connection) clears the readiness.
@@ -101,9 +113,10 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
 
 /// Leaves the connection being accepted to a sibling for as long as the kernel takes to run
 /// one: the sibling was woken for it too. The worker's own ready tasks run first, then it gives
-/// up the CPU once. A timed pause (tokio's timer counts whole milliseconds) held the accept
-/// loop for a millisecond or two at every step-back; with a new connection per request that
-/// left a third of the CPU idle and cost 25-30% of throughput on two cores.
+/// up the CPU once. Waiting on the timer at every step-back (tokio counts whole milliseconds)
+/// held the accept loop for 1-2 ms each time; with a new connection per request the share is
+/// exceeded all the time, and that left a third of the CPU idle (0.73x the baseline's
+/// requests/s on two cores).
 async fn step_back() {
     tokio::task::yield_now().await;
     std::thread::yield_now();
@@ -148,6 +161,18 @@ impl Pacing {
         }
     }
 
+    /// How long to leave the connection to a sibling: while siblings take what they are left,
+    /// a yield is enough; after [`YIELDS`] misses in a row (a sibling asleep, or kept off the
+    /// CPU by the client, as in a burst of connects) the worker waits on the timer, so that
+    /// the burst still spreads.
+    fn patience(&self) -> Patience {
+        if self.misses < YIELDS {
+            Patience::Yield
+        } else {
+            Patience::Wait
+        }
+    }
+
     fn stepped_back(&mut self, siblings_progressed: bool) {
         if siblings_progressed {
             self.misses = 0;
@@ -159,6 +184,13 @@ impl Pacing {
             self.busy_until = Some(Instant::now() + SIBLINGS_BUSY);
         }
     }
+}
+
+/// See [`Pacing::patience`].
+#[derive(Debug, PartialEq)]
+enum Patience {
+    Yield,
+    Wait,
 }
 
 /// An accepted connection.
@@ -227,12 +259,19 @@ mod tests {
             me.opened();
         }
         let mut pacing = Pacing::default();
-        for _ in 0..MISSES - 1 {
+        for missed in 0..MISSES - 1 {
             assert!(pacing.defers(me));
+            let expected = if missed < YIELDS {
+                Patience::Yield
+            } else {
+                Patience::Wait
+            };
+            assert_eq!(pacing.patience(), expected, "after {missed} misses");
             pacing.stepped_back(false);
         }
         assert!(pacing.defers(me));
         pacing.stepped_back(true);
+        assert_eq!(pacing.patience(), Patience::Yield, "a sibling took one");
         for _ in 0..MISSES - 1 {
             assert!(
                 pacing.defers(me),
