@@ -40,7 +40,9 @@ impl Backend for CacheFirst {
     type MetadataFuture = Answer<Stat>;
 
     fn open(&self, path: PathBuf) -> Self::OpenFuture {
-        let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC);
+        // O_NONBLOCK: opening a FIFO someone left under the root must not stall the worker's
+        // thread until a writer comes; it does nothing to regular files.
+        let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK);
         let opened = lookup_cached(&path, how)
             .map(|fd| fd.and_then(|fd| Ok((stat_cached(fd.as_fd())?, fd))));
         match opened {
@@ -75,7 +77,9 @@ fn metadata_on_pool(path: PathBuf) -> Answer<Stat> {
 
 /// The answer to a call: already there, or coming from the blocking pool.
 pub enum Answer<T> {
+    /// Made on the calling thread.
     Now(Ready<io::Result<T>>),
+    /// Running on tokio's blocking pool.
     Pool(JoinHandle<io::Result<T>>),
 }
 
@@ -443,6 +447,26 @@ mod tests {
             let file = open_on_pool(path).await.unwrap();
             assert_eq!(file.metadata().await.unwrap().len(), 5000);
         });
+    }
+
+    #[test]
+    fn opening_a_fifo_does_not_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (done, opened) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let result = runtime().block_on(CacheFirst.open(path)).map(drop);
+            let _ = done.send(result);
+        });
+        let result = opened.recv_timeout(std::time::Duration::from_secs(10));
+        if result.is_err() {
+            // Release the blocked open so that the thread ends.
+            let _ = fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        let result = result.expect("open returned within 10 s");
+        assert!(result.is_ok(), "{result:?}");
     }
 
     /// The path taken when the page cache does not hold the bytes: a read on the pool, sized
