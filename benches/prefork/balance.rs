@@ -47,7 +47,7 @@ pub fn accept_balance(b: &Bench) -> Table {
         let mut ratios = Vec::new();
         let mut spreads = Vec::new();
         for _ in 0..b.rounds {
-            let stats = load::measure(&b.rt, Generator::Rust, b.client_threads, &spec);
+            let stats = load::measure(Generator::Rust, b.client_threads, &spec);
             let counts: Vec<u64> = workers
                 .iter()
                 .map(|w| {

@@ -1,4 +1,4 @@
-//! The load generator: a hyper HTTP/1.1 client on a multi-thread tokio runtime, closed loop,
+//! The load generator: a hyper HTTP/1.1 client, a current-thread tokio runtime per thread, closed loop,
 //! either over `conns` keep-alive connections or with a fresh connection for every request
 //! (`conns` of them at a time, each request saying `Connection: close`). Every request is
 //! timed from just before it is sent (before the connect, for a fresh connection) to the last
@@ -19,7 +19,6 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use nix::unistd::Pid;
 use tokio::net::TcpStream;
-use tokio::runtime::Runtime;
 
 use crate::server::{Mem, cpu_time, mem, own_cpu_time, sockets};
 
@@ -102,11 +101,11 @@ impl Stats {
 }
 
 /// Runs one measurement with `generator` (the Rust client whenever bodies are tallied).
-pub fn measure(rt: &Runtime, generator: Generator, threads: usize, spec: &Spec) -> Stats {
+pub fn measure(generator: Generator, threads: usize, spec: &Spec) -> Stats {
     if generator == Generator::Wrk && !spec.tally {
         wrk(threads, spec)
     } else {
-        run(rt, spec)
+        run(threads, spec)
     }
 }
 
@@ -168,7 +167,7 @@ struct Target {
 }
 
 /// The Rust generator.
-pub fn run(rt: &Runtime, spec: &Spec) -> Stats {
+pub fn run(threads: usize, spec: &Spec) -> Stats {
     let start = Instant::now();
     let window = Window {
         from: start + spec.warmup,
@@ -184,26 +183,23 @@ pub fn run(rt: &Runtime, spec: &Spec) -> Stats {
     // CPU and memory are sampled on a thread of their own, across the counted window only.
     let sampler = Sampler::start(&spec.server, window);
 
-    let records: Vec<Record> = rt.block_on(async {
-        let tasks: Vec<_> = (0..spec.conns)
-            .map(|_| {
+    // Each thread runs its own share of the connections on a runtime of its own, as wrk's
+    // threads each run an event loop: a work-stealing runtime moves tasks between threads as
+    // the server's answers arrive, and that bookkeeping made the client pay more per request
+    // for a server whose processes answer independently of each other than for one that does
+    // not.
+    let records: Vec<Record> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..threads)
+            .map(|t| {
+                let conns = spec.conns / threads + usize::from(t < spec.conns % threads);
                 let target = Arc::clone(&target);
-                let mode = spec.mode;
-                tokio::spawn(async move {
-                    let mut record = Record::default();
-                    match mode {
-                        Mode::KeepAlive => keep_alive(&target, &mut record).await,
-                        Mode::ConnPerRequest => conn_per_request(&target, &mut record).await,
-                    }
-                    record
-                })
+                scope.spawn(move || client_thread(&target, spec.mode, conns))
             })
             .collect();
-        let mut records = Vec::new();
-        for task in tasks {
-            records.push(task.await.expect("a load task panicked"));
-        }
-        records
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a load thread panicked"))
+            .collect()
     });
     let (sampled, conns_held) = sampler.finish();
 
@@ -229,6 +225,35 @@ pub fn run(rt: &Runtime, spec: &Spec) -> Stats {
     stats.p50 = percentile(&latencies, 0.50);
     stats.p99 = percentile(&latencies, 0.99);
     stats
+}
+
+/// One of the generator's threads: `conns` connections (or requests in flight) on a
+/// current-thread runtime.
+fn client_thread(target: &Arc<Target>, mode: Mode, conns: usize) -> Vec<Record> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a load thread's runtime");
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let target = Arc::clone(target);
+                tokio::spawn(async move {
+                    let mut record = Record::default();
+                    match mode {
+                        Mode::KeepAlive => keep_alive(&target, &mut record).await,
+                        Mode::ConnPerRequest => conn_per_request(&target, &mut record).await,
+                    }
+                    record
+                })
+            })
+            .collect();
+        let mut records = Vec::new();
+        for task in tasks {
+            records.push(task.await.expect("a load task panicked"));
+        }
+        records
+    })
 }
 
 /// Samples the server's CPU, memory and sockets on a thread of its own while the load runs.

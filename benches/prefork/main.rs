@@ -40,7 +40,8 @@ use server::Bins;
 
 const SECTIONS: [&str; 5] = ["throughput", "static", "process", "balance", "drain"];
 
-/// Everything a section needs: the settings, the binaries and the client's runtime.
+/// Everything a section needs: the settings, the binaries and a runtime for the drain section's
+/// idle connections (the load generator builds its own, one per thread).
 pub struct Bench {
     pub bins: Bins,
     pub rt: tokio::runtime::Runtime,
@@ -154,7 +155,7 @@ fn main() {
         "  load generator: {} with {} thread(s); {} keep-alive connections, {} in flight for \
          connection-per-request (the client shares the CPUs with the server)",
         match bench.generator {
-            Generator::Rust => "hyper client (this benchmark)",
+            Generator::Rust => "hyper client (this benchmark, a runtime per thread)",
             Generator::Wrk => "wrk",
         },
         bench.client_threads,

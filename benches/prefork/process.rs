@@ -79,7 +79,7 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
             tally: false,
             server: server.processes(),
         };
-        load::measure(&b.rt, Generator::Rust, b.client_threads, &spec).peak_mem
+        load::measure(Generator::Rust, b.client_threads, &spec).peak_mem
     };
     let pre_load = under_load(&pre);
     let base_load = under_load(&base);

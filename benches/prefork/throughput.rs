@@ -36,7 +36,7 @@ pub fn alternate(
             tally: false,
             server: server.processes(),
         };
-        load::measure(&b.rt, b.generator, b.client_threads, &spec)
+        load::measure(b.generator, b.client_threads, &spec)
     };
     (0..b.rounds)
         .map(|round| {
