@@ -137,8 +137,8 @@ pub struct CachedFile {
     pending: Option<JoinHandle<io::Result<Vec<u8>>>>,
 }
 
-/// The most one read on the pool fetches: ServeDir reads in 64 KiB chunks.
-const POOL_READ_MAX: usize = 64 * 1024;
+/// The most one read on the pool fetches: one of the chunks ServeDir asks for.
+const POOL_READ_MAX: usize = super::READ_CHUNK;
 
 impl CachedFile {
     fn new(file: fs::File, stat: Stat) -> Self {
@@ -349,8 +349,8 @@ mod tests {
 
     #[test]
     fn reads_a_file_whole_across_chunks() {
-        // Larger than one 64 KiB chunk, and not a multiple of the page size.
-        let bytes = contents(200_000);
+        // Several of ServeDir's chunks, and not a multiple of the page size.
+        let bytes = contents(3 * POOL_READ_MAX + 1000);
         let dir = dir_with("f", &bytes);
         runtime().block_on(async {
             let mut file = CacheFirst.open(dir.path().join("f")).await.unwrap();
@@ -473,7 +473,7 @@ mod tests {
     /// for one buffer and delivered into a smaller one, loses and repeats nothing.
     #[test]
     fn pool_reads_deliver_into_smaller_buffers_without_loss() {
-        let bytes = contents(100_000);
+        let bytes = contents(POOL_READ_MAX + 30_000);
         let dir = dir_with("f", &bytes);
         runtime().block_on(async {
             let mut file = open_on_pool(dir.path().join("f")).await.unwrap();
