@@ -1,5 +1,5 @@
-//! The load generator: a hyper HTTP/1.1 client, a current-thread tokio runtime per thread, closed loop,
-//! either over `conns` keep-alive connections or with a fresh connection for every request
+//! The load generator: a hyper HTTP/1.1 client with a current-thread tokio runtime per thread,
+//! closed loop, either over `conns` keep-alive connections or with a fresh connection for every request
 //! (`conns` of them at a time, each request saying `Connection: close`). Every request is
 //! timed from just before it is sent (before the connect, for a fresh connection) to the last
 //! byte of its body. `wrk` can stand in for it where installed (`PREFORK_BENCH_GEN=wrk`).
@@ -183,11 +183,10 @@ pub fn run(threads: usize, spec: &Spec) -> Stats {
     // CPU and memory are sampled on a thread of their own, across the counted window only.
     let sampler = Sampler::start(&spec.server, window);
 
-    // Each thread runs its own share of the connections on a runtime of its own, as wrk's
-    // threads each run an event loop: a work-stealing runtime moves tasks between threads as
-    // the server's answers arrive, and that bookkeeping made the client pay more per request
-    // for a server whose processes answer independently of each other than for one that does
-    // not.
+    // Each thread runs its share of the connections on a runtime of its own, as wrk's threads
+    // each run an event loop. On one work-stealing runtime the client spent more CPU per
+    // request against prefork than against the baseline, so the ratio measured the client
+    // (README, Performance).
     let records: Vec<Record> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..threads)
             .map(|t| {
