@@ -1,7 +1,7 @@
 //! The load generator: a hyper HTTP/1.1 client with a current-thread tokio runtime per thread,
-//! closed loop, either over `conns` keep-alive connections or with a fresh connection for every request
-//! (`conns` of them at a time, each request saying `Connection: close`). Every request is
-//! timed from just before it is sent (before the connect, for a fresh connection) to the last
+//! closed loop, either over `conns` keep-alive connections or with a fresh connection for every
+//! request (`conns` of them at a time, each request saying `Connection: close`). Every request
+//! is timed from just before it is sent (before the connect, for a fresh connection) to the last
 //! byte of its body. `wrk` can stand in for it where installed (`PREFORK_BENCH_GEN=wrk`).
 
 use std::collections::HashMap;
