@@ -93,8 +93,9 @@ struct ServeArgs {
     #[arg(long, value_name = "N", env = "PREFORK_BACKLOG")]
     backlog: Option<String>,
 
-    /// How long an idle keep-alive connection waits for its next request; also bounds how
-    /// long a client may take to send request headers. 0 turns keep-alive off. [default: 5s]
+    /// How long an idle keep-alive connection waits for its next request (an HTTP/2 one is
+    /// then sent GOAWAY); also bounds how long a client may take to send request headers. 0
+    /// turns HTTP/1 keep-alive off (idle HTTP/2 connections then get 30s). [default: 5s]
     #[arg(long, value_name = "DUR", env = "PREFORK_KEEPALIVE")]
     keepalive: Option<String>,
 

@@ -172,9 +172,10 @@ impl Config {
         self
     }
 
-    /// How long an idle HTTP/1 keep-alive connection waits for its next request (this also
-    /// bounds how long a client may take to send request headers). Zero turns keep-alive off.
-    /// Default: 5 s.
+    /// How long an idle keep-alive connection waits for its next request: an HTTP/1 one is
+    /// closed, an HTTP/2 one sent GOAWAY. This also bounds how long a client may take to send
+    /// request headers. Zero turns HTTP/1 keep-alive off; idle HTTP/2 connections then get
+    /// 30 s. Default: 5 s.
     pub fn keepalive(mut self, idle: Duration) -> Self {
         self.keepalive = idle;
         self

@@ -2,13 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::Shared;
+use super::activity::Activity;
 use super::service::HyperService;
 use super::tracked::Tracked;
 use crate::AppService;
@@ -33,8 +33,8 @@ async fn serve<IO, S>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let http2 = Arc::new(AtomicBool::new(false));
-    let service = HyperService::new(service, shared, Arc::clone(&http2), peer);
+    let activity = Arc::new(Activity::default());
+    let service = HyperService::new(service, shared, Arc::clone(&activity), peer);
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {
@@ -42,8 +42,13 @@ async fn serve<IO, S>(
         biased;
         result = conn.as_mut() => return finished(result),
         () = shared.drain.draining() => {}
+        () = activity.idle(shared.idle_timeout) => {
+            // GOAWAY for HTTP/2; a connection that never sent a request is closed.
+            conn.as_mut().graceful_shutdown();
+            return finished(conn.await);
+        }
     }
-    if !http2.load(Ordering::Relaxed) {
+    if !activity.is_http2() {
         // Closing an idle keep-alive connection now would race a client that is already
         // sending its next request on it: the request would meet a reset. For a short while,
         // answer such a request instead (with Connection: close, added by the service) and

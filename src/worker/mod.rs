@@ -1,6 +1,7 @@
 //! A worker process: what a forked child does from its first instruction to its exit.
 
 mod accept;
+mod activity;
 mod channel;
 mod connection;
 mod heap;
@@ -67,6 +68,10 @@ pub(crate) struct Shared {
     /// End of the window in which idle keep-alive connections are still answered; set just
     /// before the drain handle fires.
     linger_until: OnceLock<Instant>,
+    /// How long an HTTP/2 connection, or one that sent no request, may go without a request
+    /// before it is closed (GOAWAY for HTTP/2): --keepalive, or [`HEADER_READ_TIMEOUT`] when
+    /// keep-alive is off.
+    idle_timeout: Duration,
     /// Requests for this path are answered by prefork: 200, or 503 once stopping.
     health_path: Option<String>,
     /// Set when a stop is requested, before the shutdown delay; the drain handle fires after.
@@ -212,6 +217,7 @@ where
         tracker: TaskTracker::new(),
         seat,
         linger_until: OnceLock::new(),
+        idle_timeout: idle_timeout(&config),
         health_path: config.health_path.clone(),
         stopping: AtomicBool::new(false),
         channel: Arc::clone(&channel),
@@ -332,6 +338,15 @@ fn retire_after(config: &Config) -> Option<u64> {
     Some(config.max_requests.saturating_add(draw % spread))
 }
 
+/// The keep-alive timeout, or with keep-alive off the limit on reading request headers.
+fn idle_timeout(config: &Config) -> Duration {
+    if config.keepalive.is_zero() {
+        HEADER_READ_TIMEOUT
+    } else {
+        config.keepalive
+    }
+}
+
 /// Open sockets, upgraded ones included.
 fn open(shared: &Shared) -> usize {
     shared.tracker.len()
@@ -339,18 +354,13 @@ fn open(shared: &Shared) -> usize {
 
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let keepalive = !config.keepalive.is_zero();
     builder
         .http1()
         .timer(TokioTimer::new())
-        .keep_alive(keepalive)
+        .keep_alive(!config.keepalive.is_zero())
         // hyper restarts this timer before every request head, so on a keep-alive connection
         // it is also the idle timeout.
-        .header_read_timeout(if keepalive {
-            config.keepalive
-        } else {
-            HEADER_READ_TIMEOUT
-        });
+        .header_read_timeout(idle_timeout(config));
     builder.http2().timer(TokioTimer::new());
     builder
 }

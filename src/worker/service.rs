@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use super::Shared;
+use super::activity::{Activity, Answering};
 use crate::access_log::Entry;
 use crate::{AppService, Drain};
 
@@ -26,9 +26,9 @@ use crate::{AppService, Drain};
 pub(crate) struct HyperService<S> {
     inner: S,
     shared: &'static Shared,
-    /// Set once the connection carried an HTTP/2 request, so its drain can start with GOAWAY
-    /// at once instead of lingering as for HTTP/1.
-    http2: Arc<AtomicBool>,
+    /// The connection's requests: HTTP/2 ones are counted so that an idle connection can be
+    /// closed, and so that its drain starts with GOAWAY at once instead of lingering.
+    activity: Arc<Activity>,
     /// The client, for the access log; `None` on a unix socket.
     peer: Option<SocketAddr>,
 }
@@ -37,13 +37,13 @@ impl<S> HyperService<S> {
     pub(crate) fn new(
         inner: S,
         shared: &'static Shared,
-        http2: Arc<AtomicBool>,
+        activity: Arc<Activity>,
         peer: Option<SocketAddr>,
     ) -> Self {
         Self {
             inner,
             shared,
-            http2,
+            activity,
             peer,
         }
     }
@@ -56,9 +56,12 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() <= Version::HTTP_11;
-        if !http1 {
-            self.http2.store(true, Ordering::Relaxed);
-        }
+        let answering = if http1 {
+            self.activity.http1();
+            None
+        } else {
+            Some(self.activity.http2())
+        };
         // Only HTTP/1 is asked to close: HTTP/2 forbids the header and drains with GOAWAY.
         let closing = http1.then_some(self.shared);
         // Boxed, so that without an access log the response future stays small.
@@ -68,6 +71,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
                 response: Some(health(self.shared.healthy())),
                 closing,
                 entry,
+                answering,
             };
         }
         self.shared.count_request();
@@ -81,6 +85,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
             inner: self.inner.clone().oneshot(req),
             closing,
             entry,
+            answering,
         }
     }
 }
@@ -130,11 +135,13 @@ pin_project! {
             inner: Oneshot<S, Request<Incoming>>,
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
+            answering: Option<Answering>,
         },
         Health {
             response: Option<Response<Full<Bytes>>>,
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
+            answering: Option<Answering>,
         },
     }
 }
@@ -143,27 +150,31 @@ impl<S: AppService> Future for ResponseFuture<S> {
     type Output = Result<Response<Either<S::Body, Full<Bytes>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, closing, entry) = match self.project() {
+        let (mut response, closing, entry, answering) = match self.project() {
             Projection::App {
                 inner,
                 closing,
                 entry,
+                answering,
             } => {
                 let response = std::task::ready!(inner.poll(cx))?;
-                (response.map(Either::Left), closing, entry)
+                (response.map(Either::Left), closing, entry, answering)
             }
             Projection::Health {
                 response,
                 closing,
                 entry,
+                answering,
             } => {
                 // Polled again only after it returned Ready, which hyper never does.
                 let response = response
                     .take()
                     .expect("health response polled after completion");
-                (response.map(Either::Right), closing, entry)
+                (response.map(Either::Right), closing, entry, answering)
             }
         };
+        // The request is answered once its response is produced; its body may still stream.
+        drop(answering.take());
         if closing.as_ref().is_some_and(|s| s.drain.is_draining()) {
             // hyper reads this header and closes the connection once the response is written.
             response

@@ -102,6 +102,74 @@ fn http2_prior_knowledge_is_served() {
 }
 
 #[test]
+fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::time::Instant;
+
+    let server = Server::builder(Bin::Demo, 1)
+        .args(&["--keepalive", "1s"])
+        .start();
+    let rt = super::harness::runtime();
+    rt.block_on(async {
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            (send, tokio::spawn(conn))
+        };
+        let get = |send: &mut hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+                   path: &str| {
+            let req = ::http::Request::get(server.url(path))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.send_request(req)
+        };
+        let started = Instant::now();
+        // Idle after one request; never a request; a request outlasting the timeout.
+        let (mut used, used_conn) = connect().await;
+        assert_eq!(get(&mut used, "/").await.unwrap().status(), 200);
+        let (_silent, silent_conn) = connect().await;
+        let (mut busy, busy_conn) = connect().await;
+        let slow = tokio::spawn(get(&mut busy, "/sleep?ms=2500"));
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!used_conn.is_finished(), "closed well before the timeout");
+        for conn in [used_conn, silent_conn] {
+            tokio::time::timeout(PATIENCE, conn)
+                .await
+                .expect("an idle HTTP/2 connection stays open")
+                .unwrap()
+                .expect("closed with GOAWAY, not reset");
+        }
+        let response = tokio::time::timeout(PATIENCE, slow)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a request longer than the idle timeout completes");
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"slept 2500 ms\n");
+        assert!(started.elapsed() >= Duration::from_millis(2500));
+        // The request held the connection: it is idle only from the answer on (GOAWAY sent
+        // while the request ran would have closed it as soon as the answer was through).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !busy_conn.is_finished(),
+            "closed while a request was in flight"
+        );
+        tokio::time::timeout(PATIENCE, busy_conn)
+            .await
+            .expect("the connection is closed once idle after its request")
+            .unwrap()
+            .unwrap();
+    });
+    assert!(alive(server.pid()), "the server stays up");
+}
+
+#[test]
 fn term_lets_requests_in_flight_finish() {
     let mut server = Server::start(Bin::Demo, 3);
     let addr = server.addr;
