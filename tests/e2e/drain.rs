@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::h2;
 use super::harness::{Bin, PATIENCE, Server, wait_dead};
 use super::http::{self, Conn};
 use super::load::{Load, Tally};
@@ -88,28 +89,14 @@ fn a_full_accept_backlog_is_served_not_reset() {
 
 #[test]
 fn http2_streams_open_at_the_signal_finish_and_idle_connections_get_goaway_at_once() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use http_body_util::BodyExt;
 
     let mut server = Server::start(Bin::Demo, 1);
     let rt = super::harness::runtime();
     let url = |path: &str| server.url(path);
     rt.block_on(async {
-        let connect = || async {
-            let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-            let (send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                    .await
-                    .unwrap();
-            (send, tokio::spawn(conn))
-        };
-        let get = |send: &mut hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
-                   path: &str| {
-            let req = ::http::Request::get(url(path))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
-            send.send_request(req)
-        };
+        let connect = || h2::connect(server.addr);
+        let get = |send: &mut h2::Sender, path: &str| h2::get(send, &url(path));
         // One connection with ten slow streams in flight, one idle after a request.
         let (mut busy, busy_conn) = connect().await;
         let (mut idle, idle_conn) = connect().await;

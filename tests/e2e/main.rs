@@ -4,6 +4,7 @@
 mod deploy;
 mod docs;
 mod drain;
+mod h2;
 mod harness;
 mod http;
 mod load;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 
+use super::h2;
 use super::harness::{Bin, PATIENCE, Server, alive, distinct, process_group_alive, run, wait_dead};
 use super::http::{self, Conn, Failure};
 
@@ -75,22 +76,13 @@ fn static_files_have_validators_and_ranges() {
 
 #[test]
 fn http2_prior_knowledge_is_served() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use http_body_util::BodyExt;
 
     let server = Server::start(Bin::Demo, 1);
     let rt = super::harness::runtime();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = ::http::Request::get(server.url("/"))
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        let (mut send, _conn) = h2::connect(server.addr).await;
+        let resp = tokio::time::timeout(PATIENCE, h2::get(&mut send, &server.url("/")))
             .await
             .unwrap()
             .unwrap();
@@ -103,8 +95,7 @@ fn http2_prior_knowledge_is_served() {
 
 #[test]
 fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use http_body_util::BodyExt;
     use std::time::Instant;
 
     let server = Server::builder(Bin::Demo, 1)
@@ -112,21 +103,8 @@ fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
         .start();
     let rt = super::harness::runtime();
     rt.block_on(async {
-        let connect = || async {
-            let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-            let (send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                    .await
-                    .unwrap();
-            (send, tokio::spawn(conn))
-        };
-        let get = |send: &mut hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
-                   path: &str| {
-            let req = ::http::Request::get(server.url(path))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
-            send.send_request(req)
-        };
+        let connect = || h2::connect(server.addr);
+        let get = |send: &mut h2::Sender, path: &str| h2::get(send, &server.url(path));
         let started = Instant::now();
         // Idle after one request; never a request; a request outlasting the timeout.
         let (mut used, used_conn) = connect().await;
