@@ -5,7 +5,7 @@
 //! page. Serving a 1 MiB file does exactly that on every response. glibc raises its thresholds
 //! by itself once a block large enough to be mapped on its own is freed, but only to that
 //! block's size (twice it, for trimming): with ServeDir reading 128 KiB at a time, workers
-//! without this setting still took about 35 page faults per 1 MiB response and served a fifth
+//! without this setting still took about 95 page faults per 1 MiB response and served a quarter
 //! fewer of them (wrk, 64 connections, two workers).
 //!
 //! A worker is a process of its own, recycled by the master when asked to, so it can keep a
