@@ -9,16 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use crate::Error;
-use crate::config::{Config, LogFormat};
-
-/// Where a log goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// `-`: standard error for the error log, standard output for the access log.
-    Standard,
-    /// A file, opened for appending and reopened on SIGUSR1 (for logrotate).
-    File(PathBuf),
-}
+use crate::config::{Config, LogFormat, LogTarget};
 
 /// A log destination that can be reopened by path.
 pub(crate) struct Sink {

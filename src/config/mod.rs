@@ -1,6 +1,7 @@
 //! The server's settings, and how layers of them (defaults, config file, environment, command
 //! line) are merged with every value remembering where it came from.
 
+mod credentials;
 mod source;
 pub(crate) mod value;
 
@@ -10,7 +11,16 @@ use std::time::Duration;
 
 pub use source::Source;
 
-pub use crate::log::LogTarget;
+pub(crate) use credentials::Credentials;
+
+/// Where a log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// `-`: standard error for the error log, standard output for the access log.
+    Standard,
+    /// A file, opened for appending and reopened on SIGUSR1 (for logrotate).
+    File(PathBuf),
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +32,6 @@ pub enum LogFormat {
 }
 
 use crate::Error;
-use crate::master::privileges::{self, Credentials};
 
 /// An address the master listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,11 +338,11 @@ impl Config {
             }
             "user" => {
                 self.credentials.user =
-                    Some(privileges::user(last).map_err(|reason| invalid(last, reason))?);
+                    Some(credentials::user(last).map_err(|reason| invalid(last, reason))?);
             }
             "group" => {
                 self.credentials.group =
-                    Some(privileges::group(last).map_err(|reason| invalid(last, reason))?);
+                    Some(credentials::group(last).map_err(|reason| invalid(last, reason))?);
             }
             "umask" => {
                 self.umask = Some(value::mode(last).map_err(|reason| invalid(last, reason))?);
