@@ -20,17 +20,15 @@
 //! [`main`] (or [`Server::serve`]) from a plain `fn main`, before any thread or async runtime
 //! exists: the master forks, and a fork from a multi-threaded process is unsafe.
 
-mod access_log;
 pub mod app;
-mod balance;
 mod cli;
 mod config;
-mod control;
 mod drain;
 mod error;
 pub mod exit;
 mod log;
 mod master;
+mod process;
 mod worker;
 
 use std::process::ExitCode;
@@ -138,7 +136,16 @@ impl Server {
         S: AppService,
     {
         self.config.validate()?;
-        log::init(&self.config)?;
+        let config = &self.config;
+        log::init(&log::Settings {
+            level: config.log_level,
+            format: config.log_format,
+            error_log: (&config.error_logfile, &config.error_logfile_source),
+            access_log: config
+                .access_logfile
+                .as_ref()
+                .map(|target| (target, &config.access_logfile_source)),
+        })?;
         let boot = |handoff| worker::run(handoff, &factory);
         let initial = self.config.clone();
         let same = move || Ok(initial.clone());

@@ -7,9 +7,7 @@
 //! even when signals coalesce, because no step depends on how many signals arrived, only on
 //! what is true now.
 
-pub(crate) mod listeners;
 mod pidfile;
-pub(crate) mod privileges;
 mod reload;
 mod signals;
 mod spawn;
@@ -28,16 +26,16 @@ use nix::unistd::{Pid, getpid};
 use tracing::{debug, error, info, warn};
 
 use crate::Error;
-use crate::balance::Board;
 use crate::config::Config;
-use crate::control::{self, Leave, Received, ToMaster, ToWorker};
 use crate::exit;
+use crate::process::board::Board;
+use crate::process::control::{self, Leave, Received, ToMaster, ToWorker};
+use crate::process::listeners::{self, Listener};
+use crate::process::privileges;
 use crate::worker::Handoff;
-use listeners::Listener;
 use pidfile::Pidfile;
 use reload::Pending;
 use signals::Signals;
-pub(crate) use signals::{MASTER_ONLY, unblock_in_child};
 use systemd::Notifier;
 use workers::{Slot, Worker, WorkerExit};
 
@@ -114,7 +112,7 @@ impl<'a> Master<'a> {
         let started = pidfile
             .as_ref()
             .map_or(Ok(()), Pidfile::write)
-            .and_then(|()| config.credentials.apply())
+            .and_then(|()| privileges::drop_to(&config.credentials))
             .and_then(|()| {
                 Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
             });

@@ -8,10 +8,10 @@ use std::time::Instant;
 use nix::sys::signal::{Signal, kill};
 use tracing::{error, info};
 
-use super::listeners::{self, Listener};
 use super::{Master, tell};
 use crate::config::Config;
-use crate::control::Leave;
+use crate::process::control::Leave;
+use crate::process::listeners::{self, Listener};
 
 /// A reload under way: a new generation of workers starting beside the old one.
 pub(super) struct Pending {

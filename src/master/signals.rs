@@ -6,17 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// Signals that mean something to the master only. Sent to the whole process group (a
-/// terminal's hang-up, `kill -HUP -PGID`) they also reach the workers, which ignore them.
-pub(crate) const MASTER_ONLY: [Signal; 7] = [
-    Signal::SIGHUP,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGALRM,
-];
+use crate::process::signals::MASTER_ONLY;
 
 /// The rest the master handles: the stops, which workers also obey when sent to them directly,
 /// and children's exits.
@@ -56,12 +46,6 @@ impl AsFd for Signals {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// In a freshly forked worker: unblock everything the master blocked, so the worker's own
-/// handlers (and default actions) apply again.
-pub(crate) fn unblock_in_child() -> nix::Result<()> {
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
 /// Every signal the master acts on or deliberately ignores. Being blocked, none of them can

@@ -8,7 +8,7 @@ use tracing::{error, info};
 
 use super::Master;
 use super::workers::Worker;
-use crate::control;
+use crate::process::control;
 use crate::worker::Handoff;
 
 impl Master<'_> {

@@ -15,8 +15,8 @@ use tracing::{error, warn};
 
 use super::{Shared, connection};
 use crate::AppService;
-use crate::balance::Seat;
-use crate::master::listeners::{Listener as Bound, Socket as BoundSocket};
+use crate::process::board::Seat;
+use crate::process::listeners::{Listener as Bound, Socket as BoundSocket};
 
 /// How long an overloaded worker waits for a sibling that did not take the last connection it
 /// was left.
@@ -248,7 +248,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::Board;
+    use crate::process::board::Board;
 
     #[test]
     fn an_overloaded_worker_stops_deferring_only_after_siblings_miss_several_in_a_row() {

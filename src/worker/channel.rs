@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
-use crate::control::{self, Received, ToMaster, ToWorker};
+use crate::process::control::{self, Received, ToMaster, ToWorker};
 
 /// How often a worker tells the master it is alive, at most; a short `timeout` asks for more.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);

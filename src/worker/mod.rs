@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getppid};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::balance::Seat;
 use crate::config::Config;
-use crate::control::ToMaster;
-use crate::master::listeners::Listener as Bound;
+use crate::process::board::Seat;
+use crate::process::control::ToMaster;
+use crate::process::listeners::Listener as Bound;
 use crate::{AppService, Drain, WorkerContext, exit};
 use accept::Listener;
 use channel::Channel;
@@ -134,12 +134,7 @@ where
 }
 
 fn prepare_process(master: Pid) -> Result<(), String> {
-    crate::master::unblock_in_child().map_err(|e| format!("cannot unblock signals: {e}"))?;
-    for sig in crate::master::MASTER_ONLY {
-        // SAFETY: installing SIG_IGN runs no handler code.
-        unsafe { signal(sig, SigHandler::SigIgn) }
-            .map_err(|e| format!("cannot ignore {sig}: {e}"))?;
-    }
+    crate::process::signals::reset_in_child()?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
         .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
     // The master may have died between fork and prctl; then no signal will ever come.

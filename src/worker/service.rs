@@ -19,7 +19,7 @@ use tower::util::Oneshot;
 
 use super::Shared;
 use super::activity::{Activity, Answering};
-use crate::access_log::Entry;
+use crate::log::access::Entry;
 use crate::{AppService, Drain};
 
 /// The service of one connection.

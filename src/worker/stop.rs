@@ -9,7 +9,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::warn;
 
 use super::channel::Channel;
-use crate::control::{Leave, ToWorker};
+use crate::process::control::{Leave, ToWorker};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stop {

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::balance::Seat;
+use crate::process::board::Seat;
 
 pub(crate) struct Tracked<IO> {
     io: IO,

@@ -17,9 +17,9 @@ use http::{HeaderMap, Request, Response};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+use super::sink::{Sink, describe, to_stdout};
 use crate::Error;
-use crate::config::{Config, LogFormat};
-use crate::log::{Sink, describe, to_stdout};
+use crate::config::{LogFormat, LogTarget, Source};
 
 struct AccessLog {
     sink: Sink,
@@ -28,22 +28,15 @@ struct AccessLog {
 
 static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
 
-/// Opens the access log if one is configured.
-pub(crate) fn init(config: &Config) -> Result<(), Error> {
-    let Some(target) = &config.access_logfile else {
-        return Ok(());
-    };
+/// Opens the access log at `target`, set by `source`.
+pub(crate) fn init(target: &LogTarget, source: &Source, format: LogFormat) -> Result<(), Error> {
     let sink = Sink::open(target, to_stdout).map_err(|e| {
         Error::config(format!(
-            "cannot open access log {} ({}): {e}",
+            "cannot open access log {} ({source}): {e}",
             describe(target),
-            config.access_logfile_source
         ))
     })?;
-    let _ = ACCESS_LOG.set(AccessLog {
-        sink,
-        format: config.log_format,
-    });
+    let _ = ACCESS_LOG.set(AccessLog { sink, format });
     Ok(())
 }
 

@@ -1,0 +1,79 @@
+//! Logging: the error log (every event of the master and the workers, one line each) and the
+//! reopenable files behind it and the access log. Writes are synchronous, so the master needs no
+//! logging thread, and each line is one `write` to a file opened for appending, so lines from
+//! several processes never interleave.
+
+pub(crate) mod access;
+mod sink;
+
+use std::io::{self, IsTerminal, Write};
+use std::sync::OnceLock;
+
+use crate::Error;
+use crate::config::{LogFormat, LogTarget, Source};
+use sink::{Sink, describe, to_stderr};
+
+static ERROR_LOG: OnceLock<Sink> = OnceLock::new();
+
+/// What logging is set up with: the log options of the configuration and where each came
+/// from, so that a file that cannot be opened is reported against its option.
+pub(crate) struct Settings<'a> {
+    pub(crate) level: tracing::Level,
+    pub(crate) format: LogFormat,
+    pub(crate) error_log: (&'a LogTarget, &'a Source),
+    pub(crate) access_log: Option<(&'a LogTarget, &'a Source)>,
+}
+
+/// Opens the log files (a bad path is bad input, reported before anything starts) and installs
+/// the global subscriber, unless the application installed one already.
+pub(crate) fn init(settings: &Settings) -> Result<(), Error> {
+    let (target, source) = settings.error_log;
+    let sink = Sink::open(target, to_stderr).map_err(|e| {
+        Error::config(format!(
+            "cannot open error log {} ({source}): {e}",
+            describe(target),
+        ))
+    })?;
+    if let Some((target, source)) = settings.access_log {
+        access::init(target, source, settings.format)?;
+    }
+    let colour = *target == LogTarget::Standard && io::stderr().is_terminal();
+    if ERROR_LOG.set(sink).is_err() {
+        return Ok(());
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(settings.level)
+        .with_writer(|| ErrorLogWriter)
+        .with_target(false);
+    let _ = match settings.format {
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+    Ok(())
+}
+
+/// Reopens every log file of this process (SIGUSR1 in the master, a message in a worker).
+pub(crate) fn reopen() {
+    let sinks = [ERROR_LOG.get(), access::sink()];
+    for sink in sinks.into_iter().flatten() {
+        if let Err(e) = sink.reopen() {
+            tracing::error!("cannot reopen {}: {e}", describe(&sink.target));
+        }
+    }
+}
+
+struct ErrorLogWriter;
+
+impl Write for ErrorLogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match ERROR_LOG.get() {
+            Some(sink) => sink.write_line(buf)?,
+            None => to_stderr(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
