@@ -146,14 +146,19 @@ impl Server {
                 .as_ref()
                 .map(|target| (target, &config.access_logfile_source)),
         })?;
-        let boot = |handoff| worker::run(handoff, &factory);
         let initial = self.config.clone();
         let same = move || Ok(initial.clone());
         let reconfigure: &dyn Fn() -> Result<Config, Error> = match &self.reconfigure {
             Some(f) => f.as_ref(),
             None => &same,
         };
-        master::Master::start(self.config, &boot, reconfigure)?.run()
+        match master::Master::start(self.config, reconfigure)?.run() {
+            master::Ran::Stopped(result) => result,
+            master::Ran::Worker(handoff) => {
+                let code = worker::run(*handoff, &factory);
+                std::process::exit(i32::from(code))
+            }
+        }
     }
 }
 

@@ -73,14 +73,14 @@ impl Notifier {
 
     /// Pings the watchdog when due, but only while `healthy`: a master whose workers hang
     /// should be restarted by systemd.
-    pub(crate) fn watchdog(&mut self, now: Instant, healthy: bool) {
+    pub(crate) fn watchdog(&mut self, now: Instant, healthy: impl FnOnce() -> bool) {
         let Some(every) = self.watchdog_every else {
             return;
         };
         if now < self.next_watchdog {
             return;
         }
-        if healthy {
+        if healthy() {
             self.next_watchdog = now + every;
             self.send(&[NotifyState::Watchdog]);
         } else {

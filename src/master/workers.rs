@@ -1,7 +1,6 @@
 //! What the master knows of each worker process, and the restart policy of each slot.
 
 use std::fmt;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -21,11 +20,7 @@ pub(crate) struct Worker {
     pub(crate) slot: usize,
     /// Reloads start a new generation beside the serving one.
     pub(crate) generation: u32,
-    /// Its cell on the accept-balancing board.
-    pub(crate) cell: usize,
     pub(crate) pid: Pid,
-    /// The master's end of the control channel; `None` once the worker closed its end.
-    pub(crate) control: Option<OwnedFd>,
     pub(crate) started: Instant,
     pub(crate) ready: bool,
     pub(crate) last_beat: Instant,
@@ -39,20 +34,11 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(
-        slot: usize,
-        generation: u32,
-        cell: usize,
-        pid: Pid,
-        control: OwnedFd,
-    ) -> Self {
-        let now = Instant::now();
+    pub(crate) fn new(slot: usize, generation: u32, pid: Pid, now: Instant) -> Self {
         Self {
             slot,
             generation,
-            cell,
             pid,
-            control: Some(control),
             started: now,
             ready: false,
             last_beat: now,
@@ -91,9 +77,9 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Records the death of this slot's worker after `uptime`; returns the delay before the
-    /// next start.
-    pub(crate) fn died(&mut self, uptime: Duration) -> Duration {
+    /// Records the death of this slot's worker after `uptime`, at `now`; returns the delay
+    /// before the next start.
+    pub(crate) fn died(&mut self, uptime: Duration, now: Instant) -> Duration {
         self.delay = if uptime >= STABLE_AFTER {
             Duration::ZERO
         } else if self.delay.is_zero() {
@@ -101,7 +87,7 @@ impl Slot {
         } else {
             (self.delay * 2).min(MAX_DELAY)
         };
-        self.respawn_at = Some(Instant::now() + self.delay);
+        self.respawn_at = Some(now + self.delay);
         self.delay
     }
 
@@ -132,15 +118,16 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets_when_stable() {
         let mut slot = Slot::default();
+        let now = Instant::now();
         let quick = Duration::from_millis(50);
-        assert_eq!(slot.died(quick), FIRST_DELAY);
-        assert_eq!(slot.died(quick), FIRST_DELAY * 2);
-        assert_eq!(slot.died(quick), FIRST_DELAY * 4);
+        assert_eq!(slot.died(quick, now), FIRST_DELAY);
+        assert_eq!(slot.died(quick, now), FIRST_DELAY * 2);
+        assert_eq!(slot.died(quick, now), FIRST_DELAY * 4);
         for _ in 0..20 {
-            slot.died(quick);
+            slot.died(quick, now);
         }
-        assert_eq!(slot.died(quick), MAX_DELAY);
-        assert_eq!(slot.died(STABLE_AFTER), Duration::ZERO);
-        assert!(slot.due(Instant::now()));
+        assert_eq!(slot.died(quick, now), MAX_DELAY);
+        assert_eq!(slot.died(STABLE_AFTER, now), Duration::ZERO);
+        assert!(slot.due(now));
     }
 }

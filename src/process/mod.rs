@@ -6,6 +6,8 @@
 
 pub(crate) mod board;
 pub(crate) mod control;
+pub(crate) mod handoff;
 pub(crate) mod listeners;
 pub(crate) mod privileges;
 pub(crate) mod signals;
+pub(crate) mod spawn;

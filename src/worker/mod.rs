@@ -9,7 +9,6 @@ mod service;
 mod stop;
 mod tracked;
 
-use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,12 +23,12 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::process::board::Seat;
-use crate::process::control::ToMaster;
-use crate::process::listeners::Listener as Bound;
+use crate::process::control::{Leave, ToMaster};
+use crate::process::handoff::Handoff;
 use crate::{AppService, Drain, WorkerContext, exit};
 use accept::Listener;
 use channel::Channel;
-use stop::{Stop, Stops};
+use stop::Stops;
 
 /// hyper's limit on reading request headers when keep-alive is off (with keep-alive on, the
 /// keep-alive timeout is the limit).
@@ -43,16 +42,6 @@ impl std::fmt::Display for Me {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "worker {} (pid {})", self.0, std::process::id())
     }
-}
-
-/// What the master hands a newly forked worker.
-pub(crate) struct Handoff {
-    pub(crate) slot: usize,
-    pub(crate) seat: Seat,
-    pub(crate) master: Pid,
-    pub(crate) control: OwnedFd,
-    pub(crate) listeners: Vec<Bound>,
-    pub(crate) config: Config,
 }
 
 /// State every connection of the worker shares.
@@ -236,7 +225,7 @@ where
     shared.seat.accepting(true);
     channel.send(ToMaster::Ready);
 
-    let Stop::Drain {
+    let Leave::Drain {
         mut start,
         mut deadline,
     } = stops.next().await
@@ -253,8 +242,8 @@ where
             tokio::select! {
                 () = tokio::time::sleep_until(start.into()) => break,
                 stop = stops.next() => match stop {
-                    Stop::Quit => return quit(me, shared),
-                    Stop::Drain { start: s, deadline: d } => {
+                    Leave::Quit => return quit(me, shared),
+                    Leave::Drain { start: s, deadline: d } => {
                         start = start.min(s);
                         deadline = deadline.min(d);
                     }
@@ -315,8 +304,8 @@ async fn drain_until(
                 return exit::OK;
             }
             stop = stops.next() => match stop {
-                Stop::Quit => return quit(me, shared),
-                Stop::Drain { deadline: sooner, .. } => deadline = deadline.min(sooner),
+                Leave::Quit => return quit(me, shared),
+                Leave::Drain { deadline: sooner, .. } => deadline = deadline.min(sooner),
             }
         }
     }

@@ -11,14 +11,6 @@ use tracing::warn;
 use super::channel::Channel;
 use crate::process::control::{Leave, ToWorker};
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Stop {
-    /// Serve normally until `start`, then drain, cutting what is left at `deadline`.
-    Drain { start: Instant, deadline: Instant },
-    /// Close everything now.
-    Quit,
-}
-
 pub(crate) struct Stops {
     channel: Arc<Channel>,
     master_gone: bool,
@@ -51,14 +43,11 @@ impl Stops {
     /// would have timed it.
     ///
     /// Requests to reopen the log files are carried out here, on the way.
-    pub(crate) async fn next(&mut self) -> Stop {
+    pub(crate) async fn next(&mut self) -> Leave {
         loop {
             return tokio::select! {
                 msg = self.channel.recv(), if !self.master_gone => match msg {
-                    Some(ToWorker::Leave(Leave::Drain { start, deadline })) => {
-                        Stop::Drain { start, deadline }
-                    }
-                    Some(ToWorker::Leave(Leave::Quit)) => Stop::Quit,
+                    Some(ToWorker::Leave(leave)) => leave,
                     Some(ToWorker::ReopenLogs) => {
                         crate::log::reopen();
                         continue;
@@ -70,15 +59,15 @@ impl Stops {
                     }
                 },
                 _ = self.term.recv() => self.timed(),
-                _ = self.int.recv() => Stop::Quit,
-                _ = self.quit.recv() => Stop::Quit,
+                _ = self.int.recv() => Leave::Quit,
+                _ = self.quit.recv() => Leave::Quit,
             };
         }
     }
 
-    fn timed(&self) -> Stop {
+    fn timed(&self) -> Leave {
         let start = Instant::now() + self.shutdown_delay;
-        Stop::Drain {
+        Leave::Drain {
             start,
             deadline: start + self.graceful_timeout,
         }

@@ -1,0 +1,699 @@
+//! The master's decisions, without I/O: which workers to start, replace, drain or kill, what a
+//! reload or a stop does next, and when systemd hears what.
+//!
+//! [`Core::handle`] takes one [`Event`] (a signal, a child's exit, a worker's message, a tick
+//! of the loop, or the outcome of an earlier action) with the time it is handled at, and
+//! returns the [`Action`]s the shell in `mod.rs` carries out: fork, send, kill, notify. Time
+//! comes only from that argument, so the tests below drive the master through crashes, reloads
+//! and stops on a clock of their own, without forking anything.
+//!
+//! Every step looks at what is true now, not at how many signals arrived, so the state
+//! converges even when signals coalesce (gunicorn's arbiter works the same way).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+
+use super::workers::{Slot, Worker, WorkerExit};
+use crate::config::Config;
+use crate::exit;
+use crate::process::control::{Leave, ToMaster};
+
+/// How long workers told to quit get before they are killed.
+const QUICK_GRACE: Duration = Duration::from_secs(1);
+/// How long after its own deadline a draining worker is killed: it cuts its connections at the
+/// deadline and exits, this is only the backstop.
+const KILL_SLACK: Duration = Duration::from_millis(100);
+/// Workers dying before any worker was ever ready, after which the master gives up.
+const MAX_BOOT_ATTEMPTS: u32 = 5;
+/// The longest the loop sleeps without a reason to wake.
+pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// A gap this much longer than the longest sleep means the master itself was suspended
+/// (SIGSTOP, a frozen container): worker heartbeats were not read meanwhile, not missing.
+const SUSPENDED_AFTER: Duration = Duration::from_secs(2);
+/// A worker whose last heartbeat is older than this is not healthy for systemd's watchdog
+/// (workers beat at least every second).
+const HEARTBEAT_STALE: Duration = Duration::from_secs(3);
+
+/// What the core needs of a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub(crate) workers: usize,
+    pub(crate) graceful_timeout: Duration,
+    pub(crate) shutdown_delay: Duration,
+    /// Heartbeat timeout; zero turns the check off.
+    pub(crate) timeout: Duration,
+    pub(crate) reload_timeout: Duration,
+}
+
+impl Settings {
+    pub(crate) fn of(config: &Config) -> Self {
+        Self {
+            workers: config.workers,
+            graceful_timeout: config.graceful_timeout,
+            shutdown_delay: config.shutdown_delay,
+            timeout: config.timeout,
+            reload_timeout: config.reload_timeout,
+        }
+    }
+}
+
+/// Something that happened, for the core to decide on.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// One turn of the loop: check deadlines, advance a reload, converge the worker count.
+    Tick,
+    Signal(Signal),
+    /// A child was reaped (not necessarily a worker: as PID 1 the master reaps orphans too).
+    Exited {
+        pid: Pid,
+        status: WorkerExit,
+    },
+    Message {
+        pid: Pid,
+        msg: ToMaster,
+    },
+    /// The outcome of [`Action::Spawn`].
+    Spawned {
+        slot: usize,
+        generation: u32,
+        pid: Pid,
+    },
+    SpawnFailed {
+        slot: usize,
+        generation: u32,
+    },
+    /// The outcome of [`Action::PrepareReload`]: the new configuration read and its addresses
+    /// bound, or why not.
+    ReloadPrepared(Result<Settings, String>),
+}
+
+/// Something for the shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Fork a worker into `slot` of `generation`; answer with [`Event::Spawned`] or
+    /// [`Event::SpawnFailed`].
+    Spawn {
+        slot: usize,
+        generation: u32,
+    },
+    /// Tell a worker to leave, over its channel or else by signal.
+    Tell {
+        pid: Pid,
+        leave: Leave,
+    },
+    Kill {
+        pid: Pid,
+    },
+    /// Reopen the log files here and in every worker.
+    ReopenLogs,
+    /// Read the configuration again and bind its new addresses for `generation`; answer with
+    /// [`Event::ReloadPrepared`].
+    PrepareReload {
+        generation: u32,
+    },
+    /// `generation` serves now: its configuration and listeners replace the old ones.
+    CommitReload {
+        generation: u32,
+    },
+    /// Forget what was prepared for `generation`.
+    AbandonReload {
+        generation: u32,
+    },
+    /// A stop began: the master lets go of the listening sockets (workers hold their copies).
+    CloseListeners,
+    Notify(Notice),
+    /// Every worker is gone after a stop: clean up and exit.
+    Exit,
+    /// No worker could boot: kill what is left, clean up and fail with this message.
+    Abort(String),
+}
+
+/// What systemd is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// `READY=1` with a status: at start, and at the end of a reload (also a failed one).
+    Ready(String),
+    Status(String),
+    Reloading,
+    Stopping(&'static str),
+    /// Ask for the stop timeout to last until the last worker is killed.
+    ExtendStop {
+        until: Instant,
+    },
+}
+
+/// Where the master is in its life.
+#[derive(Debug)]
+enum State {
+    /// No worker has been ready yet: one dying counts as a failure to boot.
+    Booting {
+        failures: u32,
+    },
+    /// A worker was ready, not yet all of them: systemd has not heard `READY=1`.
+    Starting,
+    Serving,
+    /// A new generation starts beside the serving one.
+    Reloading(Reload),
+    /// Every worker was told to leave this way; the master exits when the last one is gone.
+    Stopping(Leave),
+}
+
+/// A reload under way.
+#[derive(Debug)]
+struct Reload {
+    generation: u32,
+    /// Whether every worker was ready before: where a failed reload returns to.
+    was_serving: bool,
+    /// `None` while the new configuration is being read.
+    settings: Option<Settings>,
+    deadline: Instant,
+}
+
+pub(crate) struct Core {
+    state: State,
+    settings: Settings,
+    /// Workers wanted in the serving generation (TTIN/TTOU move it).
+    target: usize,
+    /// The generation that serves; a reload starts the next one.
+    generation: u32,
+    workers: Vec<Worker>,
+    /// Restart state per slot of the serving generation; slot `n` is `slots[n - 1]`.
+    slots: Vec<Slot>,
+    /// Whether systemd listens: only then are status and stop extensions worth computing.
+    systemd: bool,
+    last_tick: Instant,
+}
+
+impl Core {
+    pub(crate) fn new(settings: Settings, systemd: bool, now: Instant) -> Self {
+        Self {
+            state: State::Booting { failures: 0 },
+            target: settings.workers,
+            settings,
+            generation: 0,
+            workers: Vec::new(),
+            slots: Vec::new(),
+            systemd,
+            last_tick: now,
+        }
+    }
+
+    /// Decides on `event`, which happened at `now`.
+    pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Tick => self.tick(now, &mut out),
+            Event::Signal(sig) => self.on_signal(sig, now, &mut out),
+            Event::Exited { pid, status } => self.on_exit(pid, status, now, &mut out),
+            Event::Message { pid, msg } => self.on_message(pid, msg, now),
+            Event::Spawned {
+                slot,
+                generation,
+                pid,
+            } => {
+                if generation == self.generation {
+                    self.slots[slot - 1].filled();
+                }
+                info!("worker {slot} (pid {pid}) spawned");
+                self.workers.push(Worker::new(slot, generation, pid, now));
+            }
+            Event::SpawnFailed { slot, generation } => {
+                if generation == self.generation {
+                    self.slots[slot - 1].retry_later(now);
+                } else {
+                    self.reload_failed("a new worker could not be started", &mut out);
+                }
+            }
+            Event::ReloadPrepared(result) => self.on_reload_prepared(result, now, &mut out),
+        }
+        out
+    }
+
+    /// When the loop must wake at the latest, for a kill, a restart or its regular turn.
+    pub(crate) fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = now + MAX_SLEEP;
+        for worker in self.workers.iter().filter(|w| !w.killed) {
+            if let Some(at) = worker.kill_at {
+                wake = wake.min(at);
+            }
+        }
+        if !matches!(self.state, State::Stopping(_)) {
+            for slot in self.slots.iter().take(self.target) {
+                if let Some(at) = slot.respawn_at() {
+                    wake = wake.min(at);
+                }
+            }
+        }
+        wake.max(now)
+    }
+
+    /// Whether every worker beats, for systemd's watchdog: a master whose workers hang should
+    /// be restarted.
+    pub(crate) fn healthy(&self, now: Instant) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.killed || now - w.last_beat < HEARTBEAT_STALE)
+    }
+
+    fn on_signal(&mut self, sig: Signal, now: Instant, out: &mut Vec<Action>) {
+        match sig {
+            Signal::SIGTERM => self.on_term(now, out),
+            Signal::SIGINT | Signal::SIGQUIT => self.on_quit(sig, now, out),
+            Signal::SIGHUP => self.on_hup(now, out),
+            Signal::SIGUSR1 => {
+                info!("SIGUSR1: reopening log files");
+                out.push(Action::ReopenLogs);
+            }
+            Signal::SIGTTIN => self.on_ttin(),
+            Signal::SIGTTOU => self.on_ttou(),
+            // Children are reaped on every turn, whatever woke the loop.
+            Signal::SIGCHLD => {}
+            other => info!("ignoring {other}"),
+        }
+    }
+
+    fn on_term(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.state {
+            State::Stopping(Leave::Quit) => {}
+            State::Stopping(Leave::Drain { .. }) => {
+                info!("second SIGTERM during a graceful stop: stopping quickly");
+                self.begin_stop(Leave::Quit, now, out);
+            }
+            _ => {
+                info!(
+                    "SIGTERM: graceful stop, deadline in {:?}",
+                    self.settings.shutdown_delay + self.settings.graceful_timeout
+                );
+                // Load balancers get the shutdown delay to notice (health checks answer 503)
+                // before the drain proper, and its graceful timeout, begin.
+                let start = now + self.settings.shutdown_delay;
+                let leave = Leave::Drain {
+                    start,
+                    deadline: start + self.settings.graceful_timeout,
+                };
+                self.begin_stop(leave, now, out);
+            }
+        }
+    }
+
+    fn on_quit(&mut self, sig: Signal, now: Instant, out: &mut Vec<Action>) {
+        if !matches!(self.state, State::Stopping(Leave::Quit)) {
+            info!("{sig}: quick stop");
+            self.begin_stop(Leave::Quit, now, out);
+        }
+    }
+
+    fn on_ttin(&mut self) {
+        if !matches!(self.state, State::Stopping(_)) {
+            self.target += 1;
+            info!("SIGTTIN: {} worker(s) wanted", self.target);
+        }
+    }
+
+    fn on_ttou(&mut self) {
+        if !matches!(self.state, State::Stopping(_)) && self.target > 1 {
+            self.target -= 1;
+            info!("SIGTTOU: {} worker(s) wanted", self.target);
+        }
+    }
+
+    /// Reload: the shell reads the configuration again and binds any new address; then a new
+    /// generation starts, and the old one drains only once every new worker is ready.
+    fn on_hup(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.state {
+            State::Stopping(_) => return,
+            State::Reloading(_) => {
+                info!("SIGHUP: a reload is already under way");
+                return;
+            }
+            State::Booting { .. } => {
+                // No worker could be built yet; the boot either succeeds or ends the master.
+                info!("SIGHUP: ignored until a worker has booted");
+                return;
+            }
+            State::Starting | State::Serving => {}
+        }
+        let generation = self.generation + 1;
+        self.state = State::Reloading(Reload {
+            generation,
+            was_serving: matches!(self.state, State::Serving),
+            settings: None,
+            // Set again once the configuration is read, from its own reload timeout.
+            deadline: now,
+        });
+        out.push(Action::Notify(Notice::Reloading));
+        out.push(Action::PrepareReload { generation });
+    }
+
+    fn on_reload_prepared(
+        &mut self,
+        result: Result<Settings, String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let State::Reloading(reload) = &mut self.state else {
+            return;
+        };
+        match result {
+            Ok(settings) => {
+                info!(
+                    "SIGHUP: reloading, starting {} worker(s) of generation {}",
+                    settings.workers, reload.generation
+                );
+                reload.deadline = now + settings.reload_timeout;
+                reload.settings = Some(settings);
+            }
+            Err(why) => self.reload_failed(&why, out),
+        }
+    }
+
+    /// Starts the new generation's workers, gives up on them at the reload timeout, and once
+    /// every one is ready makes it the serving generation and drains the old one.
+    fn advance_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let State::Reloading(Reload {
+            generation,
+            settings: Some(settings),
+            deadline,
+            ..
+        }) = &self.state
+        else {
+            return;
+        };
+        let (generation, settings) = (*generation, *settings);
+        if now >= *deadline {
+            let why = format!("new workers not ready within {:?}", settings.reload_timeout);
+            return self.reload_failed(&why, out);
+        }
+        for slot in 1..=settings.workers {
+            if !self
+                .workers
+                .iter()
+                .any(|w| w.generation == generation && w.slot == slot)
+            {
+                out.push(Action::Spawn { slot, generation });
+            }
+        }
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.ready)
+            .count();
+        if ready < settings.workers {
+            return;
+        }
+        out.push(Action::CommitReload { generation });
+        self.settings = settings;
+        self.target = settings.workers;
+        self.generation = generation;
+        self.slots.clear();
+        self.state = State::Serving;
+        let drain = self.single_drain(now);
+        for worker in &mut self.workers {
+            if worker.generation != generation && !worker.leaving {
+                tell(worker, drain, now, out);
+            }
+        }
+        info!("reload complete: generation {generation} serving, the old workers draining");
+        out.push(Action::Notify(Notice::Ready(self.status())));
+    }
+
+    /// A reload did not work out: the running workers stay, and systemd hears that the
+    /// reload is over, and why it failed.
+    fn reload_failed(&mut self, why: &str, out: &mut Vec<Action>) {
+        error!("reload failed, keeping the running workers: {why}");
+        if let State::Reloading(reload) = &self.state {
+            let (generation, was_serving) = (reload.generation, reload.was_serving);
+            self.abandon(generation, out);
+            self.state = if was_serving {
+                State::Serving
+            } else {
+                State::Starting
+            };
+        }
+        let status = format!("reload failed: {why}; {}", self.status());
+        out.push(Action::Notify(Notice::Ready(status)));
+    }
+
+    /// Gives up a reload's new workers: they never served, so they are killed, not drained.
+    fn abandon(&mut self, generation: u32, out: &mut Vec<Action>) {
+        for worker in &mut self.workers {
+            if worker.generation == generation && !worker.killed {
+                worker.leaving = true;
+                worker.killed = true;
+                out.push(Action::Kill { pid: worker.pid });
+            }
+        }
+        out.push(Action::AbandonReload { generation });
+    }
+
+    fn begin_stop(&mut self, leave: Leave, now: Instant, out: &mut Vec<Action>) {
+        out.push(Action::Notify(Notice::Stopping(match leave {
+            Leave::Drain { .. } => "stopping: draining",
+            Leave::Quit => "stopping: closing connections",
+        })));
+        if let State::Reloading(reload) = &self.state {
+            info!("reload abandoned: the server is stopping");
+            let generation = reload.generation;
+            self.abandon(generation, out);
+        }
+        self.state = State::Stopping(leave);
+        out.push(Action::CloseListeners);
+        for worker in &mut self.workers {
+            tell(worker, leave, now, out);
+        }
+        // At once, not on a later turn: workers with nothing to drain may all be gone by then.
+        out.push(Action::Notify(Notice::ExtendStop {
+            until: self.last_kill_at(now),
+        }));
+    }
+
+    /// When the last worker still running is killed if it has not exited by then.
+    fn last_kill_at(&self, now: Instant) -> Instant {
+        let last = self.workers.iter().filter_map(|w| w.kill_at).max();
+        last.unwrap_or(now)
+    }
+
+    fn on_exit(&mut self, pid: Pid, status: WorkerExit, now: Instant, out: &mut Vec<Action>) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            debug!("reaped process {pid}, not a worker");
+            return;
+        };
+        let worker = self.workers.swap_remove(index);
+        let slot = worker.slot;
+        if worker.leaving {
+            info!("worker {slot} (pid {pid}) {status}");
+            return;
+        }
+        error!("worker {slot} (pid {pid}) {status} unexpectedly");
+        if let State::Reloading(reload) = &self.state
+            && reload.generation == worker.generation
+        {
+            return self.reload_failed(&format!("new worker {slot} {status}"), out);
+        }
+        if let State::Booting { failures } = &mut self.state {
+            *failures += 1;
+            if status == WorkerExit::Code(i32::from(exit::BOOT_FAILED)) {
+                return out.push(Action::Abort(format!(
+                    "worker {slot} failed to boot: the application could not be built"
+                )));
+            }
+            if *failures >= MAX_BOOT_ATTEMPTS {
+                return out.push(Action::Abort(format!(
+                    "{failures} workers died before any became ready; giving up"
+                )));
+            }
+        }
+        if worker.generation != self.generation {
+            return;
+        }
+        if let Some(slot_state) = self.slots.get_mut(slot - 1) {
+            let delay = slot_state.died(now - worker.started, now);
+            if !delay.is_zero() {
+                info!("worker {slot} died soon after start: restarting it in {delay:?}");
+            }
+        }
+    }
+
+    fn on_message(&mut self, pid: Pid, msg: ToMaster, now: Instant) {
+        let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        match msg {
+            ToMaster::Ready => {
+                worker.ready = true;
+                worker.last_beat = now;
+                info!("worker {} (pid {pid}) ready", worker.slot);
+                if let State::Booting { .. } = self.state {
+                    self.state = State::Starting;
+                }
+            }
+            ToMaster::Heartbeat => worker.last_beat = now,
+            ToMaster::Retiring => {
+                if !worker.retiring && !worker.leaving {
+                    worker.retiring = true;
+                    info!(
+                        "worker {} (pid {pid}) reached its request limit: starting its replacement",
+                        worker.slot
+                    );
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.notice_suspension(now);
+        self.kill_hung(now, out);
+        self.kill_overdue(now, out);
+        if let State::Stopping(_) = self.state {
+            if self.workers.is_empty() {
+                out.push(Action::Exit);
+            } else if self.systemd {
+                out.push(Action::Notify(Notice::ExtendStop {
+                    until: self.last_kill_at(now),
+                }));
+            }
+            return;
+        }
+        self.announce_ready(out);
+        self.advance_reload(now, out);
+        self.converge(now, out);
+        if self.systemd && matches!(self.state, State::Serving) {
+            out.push(Action::Notify(Notice::Status(self.status())));
+        }
+    }
+
+    /// Once every worker wanted is ready (TTOU can make that so without a new worker),
+    /// systemd hears `READY=1`.
+    fn announce_ready(&mut self, out: &mut Vec<Action>) {
+        let ready = self.serving().filter(|w| w.ready).count();
+        if matches!(self.state, State::Starting) && ready >= self.target {
+            self.state = State::Serving;
+            info!("all {ready} worker(s) ready");
+            out.push(Action::Notify(Notice::Ready(self.status())));
+        }
+    }
+
+    /// A master that did not run for a while (SIGSTOP, a frozen container) did not read the
+    /// heartbeats meanwhile: they are not missing, and the clocks start again.
+    fn notice_suspension(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > MAX_SLEEP + SUSPENDED_AFTER {
+            warn!("the master did not run for {gap:.1?} (suspended?): restarting heartbeat clocks");
+            for worker in &mut self.workers {
+                worker.last_beat = now;
+            }
+        }
+    }
+
+    /// A worker whose runtime stopped heartbeating for `timeout` is hung (a handler blocking
+    /// its thread, a deadlock): kill it so that it is replaced. Draining workers beat too.
+    fn kill_hung(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let timeout = self.settings.timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        for worker in &mut self.workers {
+            if !worker.killed && now - worker.last_beat > timeout {
+                error!(
+                    "worker {} (pid {}) sent no heartbeat for {:.1?}: killing it",
+                    worker.slot,
+                    worker.pid,
+                    now - worker.last_beat
+                );
+                worker.killed = true;
+                out.push(Action::Kill { pid: worker.pid });
+            }
+        }
+    }
+
+    fn kill_overdue(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for worker in &mut self.workers {
+            if worker.kill_at.is_some_and(|at| now >= at) && !worker.killed {
+                warn!(
+                    "worker {} (pid {}) still running at its deadline: killing it",
+                    worker.slot, worker.pid
+                );
+                worker.killed = true;
+                out.push(Action::Kill { pid: worker.pid });
+            }
+        }
+    }
+
+    /// Brings the serving generation to the target: drains workers in slots above it, drains
+    /// retiring workers once their replacement is ready, and starts a worker in every empty
+    /// slot whose restart delay has passed.
+    fn converge(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let drain = self.single_drain(now);
+        let replaced: Vec<usize> = self.serving().filter(|w| w.ready).map(|w| w.slot).collect();
+        for worker in &mut self.workers {
+            if worker.generation != self.generation || worker.leaving {
+                continue;
+            }
+            if worker.slot > self.target {
+                info!(
+                    "worker {} (pid {}) draining: fewer workers wanted",
+                    worker.slot, worker.pid
+                );
+                tell(worker, drain, now, out);
+            } else if worker.retiring && replaced.contains(&worker.slot) {
+                info!(
+                    "worker {} (pid {}) draining: its replacement is ready",
+                    worker.slot, worker.pid
+                );
+                tell(worker, drain, now, out);
+            }
+        }
+        if self.slots.len() < self.target {
+            self.slots.resize_with(self.target, Slot::default);
+        }
+        for slot in 1..=self.target {
+            let occupied = self.serving().any(|w| w.slot == slot);
+            if !occupied && self.slots[slot - 1].due(now) {
+                out.push(Action::Spawn {
+                    slot,
+                    generation: self.generation,
+                });
+            }
+        }
+    }
+
+    /// How one worker leaves while the server goes on: no shutdown delay, since one worker
+    /// leaving changes nothing a load balancer can see.
+    fn single_drain(&self, now: Instant) -> Leave {
+        Leave::Drain {
+            start: now,
+            deadline: now + self.settings.graceful_timeout,
+        }
+    }
+
+    /// Workers of the serving generation that count towards the target.
+    fn serving(&self) -> impl Iterator<Item = &Worker> {
+        self.workers
+            .iter()
+            .filter(|w| w.generation == self.generation && !w.leaving && !w.retiring)
+    }
+
+    /// What `STATUS=` says while serving.
+    fn status(&self) -> String {
+        let ready = self.serving().filter(|w| w.ready).count();
+        format!("{ready}/{} workers ready", self.target)
+    }
+}
+
+/// Tells `worker` to leave and records that it is on its way out, with the moment to kill it.
+fn tell(worker: &mut Worker, leave: Leave, now: Instant, out: &mut Vec<Action>) {
+    let kill_at = match leave {
+        Leave::Drain { deadline, .. } => deadline + KILL_SLACK,
+        Leave::Quit => now + QUICK_GRACE,
+    };
+    out.push(Action::Tell {
+        pid: worker.pid,
+        leave,
+    });
+    worker.leaving = true;
+    worker.kill_at = Some(worker.kill_at.map_or(kill_at, |at| at.min(kill_at)));
+}
