@@ -697,3 +697,573 @@ fn tell(worker: &mut Worker, leave: Leave, now: Instant, out: &mut Vec<Action>) 
     worker.leaving = true;
     worker.kill_at = Some(worker.kill_at.map_or(kill_at, |at| at.min(kill_at)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn settings(workers: usize) -> Settings {
+        Settings {
+            workers,
+            graceful_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
+            timeout: Duration::from_secs(30),
+            reload_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The core with a stand-in for the shell: forks succeed with made-up pids (unless told
+    /// otherwise), a reload reads `reload_to`, and the clock moves only when a test moves it.
+    struct Sim {
+        core: Core,
+        now: Instant,
+        next_pid: i32,
+        fork_fails: bool,
+        reload_to: Result<Settings, String>,
+    }
+
+    impl Sim {
+        fn new(workers: usize) -> Self {
+            let now = Instant::now();
+            Self {
+                core: Core::new(settings(workers), true, now),
+                now,
+                next_pid: 100,
+                fork_fails: false,
+                reload_to: Ok(settings(workers)),
+            }
+        }
+
+        /// A started server: every worker forked and ready.
+        fn serving(workers: usize) -> Self {
+            let mut sim = Self::new(workers);
+            let spawned = sim.tick_spawned();
+            for pid in spawned {
+                sim.send(Event::Message {
+                    pid,
+                    msg: ToMaster::Ready,
+                });
+            }
+            assert!(ready_notice(&sim.tick()).is_some(), "never announced ready");
+            sim
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+        }
+
+        fn tick(&mut self) -> Vec<Action> {
+            self.send(Event::Tick)
+        }
+
+        fn signal(&mut self, sig: Signal) -> Vec<Action> {
+            self.send(Event::Signal(sig))
+        }
+
+        /// Handles `event` and the events the shell would answer the actions with; returns
+        /// every action, in order.
+        fn send(&mut self, event: Event) -> Vec<Action> {
+            let mut all = Vec::new();
+            let mut queue = vec![event];
+            while let Some(event) = queue.pop() {
+                for action in self.core.handle(event, self.now) {
+                    match &action {
+                        Action::Spawn { slot, generation } if self.fork_fails => {
+                            queue.insert(
+                                0,
+                                Event::SpawnFailed {
+                                    slot: *slot,
+                                    generation: *generation,
+                                },
+                            );
+                        }
+                        Action::Spawn { slot, generation } => {
+                            self.next_pid += 1;
+                            queue.insert(
+                                0,
+                                Event::Spawned {
+                                    slot: *slot,
+                                    generation: *generation,
+                                    pid: Pid::from_raw(self.next_pid),
+                                },
+                            );
+                        }
+                        Action::PrepareReload { .. } => {
+                            queue.insert(0, Event::ReloadPrepared(self.reload_to.clone()));
+                        }
+                        _ => {}
+                    }
+                    all.push(action);
+                }
+            }
+            all
+        }
+
+        /// The pids the core knows under `Spawned`, for the spawns in `actions`.
+        fn spawned(&self, actions: &[Action]) -> Vec<Pid> {
+            let spawns = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Spawn { .. }))
+                .count();
+            let last = self.next_pid;
+            (last - spawns as i32 + 1..=last)
+                .map(Pid::from_raw)
+                .collect()
+        }
+
+        /// A tick, and the pids of the workers it forked.
+        fn tick_spawned(&mut self) -> Vec<Pid> {
+            let actions = self.tick();
+            self.spawned(&actions)
+        }
+
+        fn ready(&mut self, pids: &[Pid]) -> Vec<Action> {
+            let mut all = Vec::new();
+            for pid in pids {
+                all.extend(self.send(Event::Message {
+                    pid: *pid,
+                    msg: ToMaster::Ready,
+                }));
+            }
+            all.extend(self.tick());
+            all
+        }
+
+        fn exit(&mut self, pid: Pid, status: WorkerExit) -> Vec<Action> {
+            let mut actions = self.send(Event::Exited { pid, status });
+            actions.extend(self.tick());
+            actions
+        }
+
+        fn live(&self) -> Vec<Pid> {
+            self.core.workers.iter().map(|w| w.pid).collect()
+        }
+
+        fn generation_of(&self, pid: Pid) -> u32 {
+            let worker = self.core.workers.iter().find(|w| w.pid == pid);
+            worker.expect("a live worker").generation
+        }
+    }
+
+    fn spawns(actions: &[Action]) -> Vec<(usize, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { slot, generation } => Some((*slot, *generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn told(actions: &[Action]) -> Vec<(Pid, Leave)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Tell { pid, leave } => Some((*pid, *leave)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn killed(actions: &[Action]) -> Vec<Pid> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Kill { pid } => Some(*pid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ready_notice(actions: &[Action]) -> Option<&str> {
+        actions.iter().find_map(|a| match a {
+            Action::Notify(Notice::Ready(status)) => Some(status.as_str()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn start_forks_every_slot_and_announces_ready_once_all_are() {
+        let mut sim = Sim::new(3);
+        let first = sim.tick();
+        assert_eq!(spawns(&first), [(1, 0), (2, 0), (3, 0)]);
+        let pids = sim.spawned(&first);
+        assert!(spawns(&sim.tick()).is_empty(), "a slot was filled twice");
+        assert_eq!(ready_notice(&sim.ready(&pids[..2])), None);
+        assert_eq!(
+            ready_notice(&sim.ready(&pids[2..])),
+            Some("3/3 workers ready")
+        );
+        assert_eq!(ready_notice(&sim.tick()), None, "READY=1 sent twice");
+    }
+
+    #[test]
+    fn a_crashing_slot_backs_off_and_the_others_keep_serving() {
+        let mut sim = Sim::serving(2);
+        let victim = sim.live()[0];
+        let actions = sim.exit(victim, WorkerExit::Signal(Signal::SIGSEGV));
+        assert!(
+            spawns(&actions).is_empty(),
+            "restarted at once after a quick death"
+        );
+        assert_eq!(
+            sim.core.next_wake(sim.now),
+            sim.now + Duration::from_millis(100)
+        );
+        sim.advance(Duration::from_millis(100));
+        let respawn = sim.tick();
+        assert_eq!(spawns(&respawn), [(1, 0)]);
+        // It dies quickly again: the delay doubles.
+        let again = sim.spawned(&respawn)[0];
+        sim.exit(again, WorkerExit::Code(1));
+        sim.advance(Duration::from_millis(100));
+        assert!(spawns(&sim.tick()).is_empty());
+        sim.advance(Duration::from_millis(100));
+        assert_eq!(spawns(&sim.tick()), [(1, 0)]);
+        assert_eq!(sim.live().len(), 2);
+    }
+
+    #[test]
+    fn a_worker_that_fails_to_boot_ends_the_master() {
+        let mut sim = Sim::new(2);
+        let pids = sim.tick_spawned();
+        let actions = sim.exit(pids[0], WorkerExit::Code(i32::from(exit::BOOT_FAILED)));
+        let abort = actions.iter().find_map(|a| match a {
+            Action::Abort(message) => Some(message),
+            _ => None,
+        });
+        assert!(
+            abort.is_some_and(|m| m.contains("failed to boot")),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn workers_dying_before_any_is_ready_give_up_after_a_few_attempts() {
+        let mut sim = Sim::new(1);
+        sim.tick();
+        for attempt in 1..=MAX_BOOT_ATTEMPTS {
+            let pid = *sim.live().last().expect("a worker");
+            let actions = sim.exit(pid, WorkerExit::Signal(Signal::SIGABRT));
+            let aborted = actions.iter().any(|a| matches!(a, Action::Abort(_)));
+            assert_eq!(aborted, attempt == MAX_BOOT_ATTEMPTS, "attempt {attempt}");
+            sim.advance(MAX_DELAY_FOR_TESTS);
+            sim.tick();
+        }
+    }
+
+    /// Longer than any restart delay.
+    const MAX_DELAY_FOR_TESTS: Duration = Duration::from_secs(11);
+
+    #[test]
+    fn a_crash_after_boot_is_not_a_boot_failure() {
+        let mut sim = Sim::serving(1);
+        for _ in 0..MAX_BOOT_ATTEMPTS + 1 {
+            let pid = sim.live()[0];
+            let actions = sim.exit(pid, WorkerExit::Code(i32::from(exit::BOOT_FAILED)));
+            assert!(!actions.iter().any(|a| matches!(a, Action::Abort(_))));
+            sim.advance(MAX_DELAY_FOR_TESTS);
+            sim.tick();
+        }
+    }
+
+    #[test]
+    fn reload_drains_the_old_generation_only_once_the_new_one_is_ready() {
+        let mut sim = Sim::serving(2);
+        let old = sim.live();
+        let hup = sim.signal(Signal::SIGHUP);
+        assert_eq!(hup[0], Action::Notify(Notice::Reloading));
+        assert_eq!(hup[1], Action::PrepareReload { generation: 1 });
+        let started = sim.tick();
+        assert_eq!(spawns(&started), [(1, 1), (2, 1)]);
+        let new = sim.spawned(&started);
+        assert!(told(&sim.ready(&new[..1])).is_empty(), "drained too early");
+        let done = sim.ready(&new[1..]);
+        assert!(done.contains(&Action::CommitReload { generation: 1 }));
+        let drained: Vec<Pid> = told(&done).into_iter().map(|(pid, _)| pid).collect();
+        assert_eq!(drained, old);
+        assert_eq!(ready_notice(&done), Some("2/2 workers ready"));
+        // The old workers exit; nothing is restarted in their slots.
+        for pid in old {
+            assert!(spawns(&sim.exit(pid, WorkerExit::Code(0))).is_empty());
+        }
+        assert!(new.iter().all(|pid| sim.generation_of(*pid) == 1));
+    }
+
+    #[test]
+    fn a_reload_whose_config_is_bad_keeps_the_workers() {
+        let mut sim = Sim::serving(2);
+        sim.reload_to = Err("invalid value 'x' for workers".to_string());
+        let actions = sim.signal(Signal::SIGHUP);
+        let status = ready_notice(&actions).expect("systemd hears the reload is over");
+        assert!(
+            status.starts_with("reload failed: invalid value"),
+            "{status}"
+        );
+        assert!(spawns(&sim.tick()).is_empty());
+        // The next HUP is a new attempt, not "already under way".
+        sim.reload_to = Ok(settings(2));
+        assert!(
+            sim.signal(Signal::SIGHUP)
+                .contains(&Action::PrepareReload { generation: 1 })
+        );
+    }
+
+    #[test]
+    fn a_new_worker_crashing_abandons_the_reload() {
+        let mut sim = Sim::serving(2);
+        let old = sim.live();
+        sim.signal(Signal::SIGHUP);
+        let new = sim.tick_spawned();
+        sim.ready(&new[..1]);
+        let actions = sim.exit(new[1], WorkerExit::Code(1));
+        assert_eq!(killed(&actions), [new[0]]);
+        assert!(actions.contains(&Action::AbandonReload { generation: 1 }));
+        assert!(ready_notice(&actions).is_some_and(|s| s.contains("reload failed")));
+        assert!(
+            told(&actions).is_empty(),
+            "the old workers were told to leave"
+        );
+        let serving: Vec<Pid> = sim.core.serving().map(|w| w.pid).collect();
+        assert_eq!(serving, old);
+    }
+
+    #[test]
+    fn a_reload_that_is_not_ready_in_time_is_abandoned() {
+        let mut sim = Sim::serving(1);
+        sim.signal(Signal::SIGHUP);
+        let new = sim.tick_spawned();
+        sim.advance(Duration::from_secs(29));
+        assert!(killed(&sim.tick()).is_empty());
+        sim.advance(SECOND);
+        let actions = sim.tick();
+        assert_eq!(killed(&actions), new);
+        assert!(ready_notice(&actions).is_some_and(|s| s.contains("not ready within 30s")));
+    }
+
+    #[test]
+    fn a_failed_fork_during_a_reload_abandons_it() {
+        let mut sim = Sim::serving(1);
+        sim.signal(Signal::SIGHUP);
+        sim.fork_fails = true;
+        let actions = sim.tick();
+        assert!(actions.contains(&Action::AbandonReload { generation: 1 }));
+        assert!(ready_notice(&actions).is_some_and(|s| s.contains("could not be started")));
+    }
+
+    #[test]
+    fn a_failed_fork_is_retried_later() {
+        let mut sim = Sim::new(1);
+        sim.fork_fails = true;
+        assert_eq!(spawns(&sim.tick()), [(1, 0)]);
+        assert!(spawns(&sim.tick()).is_empty(), "retried at once");
+        sim.fork_fails = false;
+        sim.advance(SECOND);
+        assert_eq!(spawns(&sim.tick()), [(1, 0)]);
+    }
+
+    #[test]
+    fn ttin_and_ttou_during_a_reload_move_the_serving_generation_only() {
+        let mut sim = Sim::serving(2);
+        sim.signal(Signal::SIGHUP);
+        let new = sim.tick_spawned();
+        // TTIN adds a worker to the generation that serves now.
+        assert_eq!(
+            spawns(&{
+                let mut a = sim.signal(Signal::SIGTTIN);
+                a.extend(sim.tick());
+                a
+            }),
+            [(3, 0)]
+        );
+        // TTOU drains it again.
+        let mut actions = sim.signal(Signal::SIGTTOU);
+        actions.extend(sim.tick());
+        assert_eq!(told(&actions).len(), 1);
+        // The new generation comes up with its own configured count.
+        let done = sim.ready(&new);
+        assert!(done.contains(&Action::CommitReload { generation: 1 }));
+        assert_eq!(sim.core.target, 2);
+    }
+
+    #[test]
+    fn ttou_never_goes_below_one_worker() {
+        let mut sim = Sim::serving(1);
+        let mut actions = sim.signal(Signal::SIGTTOU);
+        actions.extend(sim.tick());
+        assert!(told(&actions).is_empty());
+        assert_eq!(sim.core.target, 1);
+    }
+
+    #[test]
+    fn stop_during_a_reload_kills_the_new_workers_and_drains_the_old() {
+        let mut sim = Sim::serving(2);
+        let old = sim.live();
+        sim.signal(Signal::SIGHUP);
+        let new = sim.tick_spawned();
+        let actions = sim.signal(Signal::SIGTERM);
+        assert_eq!(killed(&actions), new);
+        assert!(actions.contains(&Action::AbandonReload { generation: 1 }));
+        assert!(actions.contains(&Action::CloseListeners));
+        let drained: Vec<Pid> = told(&actions)
+            .into_iter()
+            .filter(|(_, leave)| matches!(leave, Leave::Drain { .. }))
+            .map(|(pid, _)| pid)
+            .collect();
+        assert!(old.iter().all(|pid| drained.contains(pid)));
+        // A HUP now is ignored; once every worker is gone, the master exits.
+        assert!(sim.signal(Signal::SIGHUP).is_empty());
+        for pid in sim.live() {
+            sim.exit(pid, WorkerExit::Code(0));
+        }
+        assert_eq!(sim.tick().last(), Some(&Action::Exit));
+    }
+
+    #[test]
+    fn graceful_stop_has_a_deadline_and_a_second_term_quits() {
+        let mut sim = Sim::serving(1);
+        let worker = sim.live()[0];
+        let actions = sim.signal(Signal::SIGTERM);
+        let deadline = sim.now + Duration::from_secs(30);
+        assert_eq!(
+            told(&actions),
+            [(
+                worker,
+                Leave::Drain {
+                    start: sim.now,
+                    deadline
+                }
+            )]
+        );
+        assert!(actions.contains(&Action::Notify(Notice::ExtendStop {
+            until: deadline + KILL_SLACK
+        })));
+        assert!(
+            spawns(&sim.tick()).is_empty(),
+            "a stopping master started a worker"
+        );
+        let quit = sim.signal(Signal::SIGTERM);
+        assert_eq!(told(&quit), [(worker, Leave::Quit)]);
+        // Quitting brings the kill closer: the quick grace, not the drain deadline.
+        sim.advance(QUICK_GRACE);
+        assert_eq!(killed(&sim.tick()), [worker]);
+    }
+
+    #[test]
+    fn a_worker_past_its_drain_deadline_is_killed() {
+        let mut sim = Sim::serving(1);
+        let worker = sim.live()[0];
+        sim.signal(Signal::SIGTERM);
+        sim.advance(Duration::from_secs(30));
+        assert!(killed(&sim.tick()).is_empty(), "killed before the slack");
+        assert_eq!(sim.core.next_wake(sim.now), sim.now + KILL_SLACK);
+        sim.advance(KILL_SLACK);
+        assert_eq!(killed(&sim.tick()), [worker]);
+        assert!(killed(&sim.tick()).is_empty(), "killed twice");
+    }
+
+    #[test]
+    fn shutdown_delay_postpones_the_drain_and_its_deadline() {
+        let mut sim = Sim::new(1);
+        sim.core.settings.shutdown_delay = Duration::from_secs(5);
+        let pids = sim.tick_spawned();
+        sim.ready(&pids);
+        let actions = sim.signal(Signal::SIGTERM);
+        let start = sim.now + Duration::from_secs(5);
+        assert_eq!(
+            told(&actions),
+            [(
+                pids[0],
+                Leave::Drain {
+                    start,
+                    deadline: start + Duration::from_secs(30)
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_hung_worker_is_killed_and_replaced_and_the_watchdog_waits() {
+        let mut sim = Sim::serving(2);
+        let [hung, alive] = sim.live()[..] else {
+            panic!("two workers");
+        };
+        for _ in 0..29 {
+            sim.advance(SECOND);
+            sim.send(Event::Message {
+                pid: alive,
+                msg: ToMaster::Heartbeat,
+            });
+            assert!(killed(&sim.tick()).is_empty());
+        }
+        assert!(
+            !sim.core.healthy(sim.now),
+            "the watchdog was fed for a hung worker"
+        );
+        sim.advance(Duration::from_millis(1001));
+        assert_eq!(killed(&sim.tick()), [hung]);
+        assert!(
+            sim.core.healthy(sim.now),
+            "a killed worker still counts against health"
+        );
+        // Its replacement starts at once: it had been up long enough.
+        assert_eq!(
+            spawns(&sim.exit(hung, WorkerExit::Signal(Signal::SIGKILL))),
+            [(1, 0)]
+        );
+    }
+
+    #[test]
+    fn a_suspended_master_does_not_kill_workers_for_its_own_gap() {
+        let mut sim = Sim::serving(1);
+        sim.advance(Duration::from_secs(60));
+        let actions = sim.tick();
+        assert!(killed(&actions).is_empty(), "{actions:?}");
+        assert!(sim.core.healthy(sim.now));
+    }
+
+    #[test]
+    fn a_retiring_worker_drains_once_its_replacement_is_ready() {
+        let mut sim = Sim::serving(1);
+        let old = sim.live()[0];
+        sim.send(Event::Message {
+            pid: old,
+            msg: ToMaster::Retiring,
+        });
+        let started = sim.tick();
+        assert_eq!(spawns(&started), [(1, 0)]);
+        assert!(
+            told(&started).is_empty(),
+            "drained before its replacement was ready"
+        );
+        let new = sim.spawned(&started);
+        let actions = sim.ready(&new);
+        assert_eq!(
+            told(&actions).iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [old]
+        );
+        assert!(spawns(&sim.exit(old, WorkerExit::Code(0))).is_empty());
+    }
+
+    #[test]
+    fn usr1_reopens_logs_and_unknown_children_are_ignored() {
+        let mut sim = Sim::serving(1);
+        assert_eq!(sim.signal(Signal::SIGUSR1), [Action::ReopenLogs]);
+        // An orphan reaped as PID 1 is no worker of ours.
+        let actions = sim.send(Event::Exited {
+            pid: Pid::from_raw(1),
+            status: WorkerExit::Code(0),
+        });
+        assert!(actions.is_empty());
+        assert_eq!(sim.live().len(), 1);
+    }
+
+    #[test]
+    fn hup_before_any_worker_booted_is_ignored() {
+        let mut sim = Sim::new(1);
+        sim.tick();
+        assert!(sim.signal(Signal::SIGHUP).is_empty());
+    }
+}
