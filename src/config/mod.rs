@@ -145,8 +145,8 @@ impl Config {
         self
     }
 
-    /// How long a graceful stop may take, from the master's receipt of the signal until what is
-    /// left is cut. Default: 30 s.
+    /// How long a graceful stop may take, from the start of the drain (after any shutdown
+    /// delay) until what is left is cut. Default: 30 s.
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.graceful_timeout = timeout;
         self

@@ -16,7 +16,7 @@ pub(crate) struct Opt {
     /// What `--help` calls the value: `DUR`, `N`, `ADDR`.
     pub(crate) value_name: &'static str,
     pub(crate) kind: Kind,
-    /// One paragraph for `-h`, without the default, which is appended from [`Opt::default`].
+    /// One paragraph for `-h`, without the default: `--help` appends it from `default`.
     pub(crate) help: &'static str,
     /// Sentences added to `help` in `--help`, the man pages and the example config file, or
     /// empty.
@@ -59,7 +59,7 @@ pub(crate) enum Initial {
         value: fn() -> String,
         #[cfg_attr(
             not(test),
-            expect(dead_code, reason = "only the example config shows it")
+            expect(dead_code, reason = "read by the example config generator, a test")
         )]
         example: &'static str,
     },
@@ -68,7 +68,7 @@ pub(crate) enum Initial {
         shown: &'static str,
         #[cfg_attr(
             not(test),
-            expect(dead_code, reason = "only the example config shows it")
+            expect(dead_code, reason = "read by the example config generator, a test")
         )]
         example: &'static str,
     },
@@ -537,6 +537,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::io::Write as _;
 
     /// Where the example config file is, and the variable that has the docs test rewrite it.
     const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/prefork.toml");
@@ -618,11 +619,13 @@ mod tests {
     #[test]
     fn docs_example_config_is_generated_from_the_table() {
         let generated = example_config();
-        if std::env::var(UPDATE_VAR).is_ok_and(|v| v == "1") {
+        let committed = std::fs::read_to_string(EXAMPLE).unwrap_or_default();
+        if committed != generated && std::env::var(UPDATE_VAR).is_ok_and(|v| v == "1") {
             std::fs::write(EXAMPLE, &generated).unwrap();
+            // Past the harness's capture of eprintln, so that a passing run says what it wrote.
+            let _ = writeln!(std::io::stderr(), "docs: wrote config/prefork.toml");
             return;
         }
-        let committed = std::fs::read_to_string(EXAMPLE).unwrap();
         assert!(
             committed == generated,
             "config/prefork.toml differs from what the option table generates; regenerate it \
