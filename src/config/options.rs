@@ -536,6 +536,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BindAddr, LogTarget};
     use std::collections::HashSet;
     use std::io::Write as _;
 
@@ -650,7 +651,7 @@ mod tests {
         let config = Config::default();
         assert_eq!(
             config.bind,
-            vec![super::super::BindAddr::Tcp(([127, 0, 0, 1], 8000).into())]
+            vec![BindAddr::Tcp(([127, 0, 0, 1], 8000).into())]
         );
         assert_eq!(config.bind_source, Source::Default);
         assert!(config.workers >= 1);
@@ -661,7 +662,7 @@ mod tests {
         assert_eq!(config.backlog, 2048);
         assert_eq!(config.root, PathBuf::from("."));
         assert_eq!(config.log_level, tracing::Level::INFO);
-        assert_eq!(config.error_logfile, super::super::LogTarget::Standard);
+        assert_eq!(config.error_logfile, LogTarget::Standard);
         assert_eq!(config.health_path, None);
         assert_eq!(config.access_logfile, None);
     }
