@@ -5,168 +5,78 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueHint};
+use clap::{Arg, ArgAction, ArgMatches, ValueHint};
 
 use crate::Error;
+use crate::config::options::{Kind, OPTIONS, Opt};
 use crate::config::{Config, Source};
 
-/// A multi-worker prefork HTTP server.
-///
-/// A master process binds the sockets and supervises worker processes that serve HTTP/1.1 and
-/// HTTP/2 with tokio and hyper. Stopping, reloading or recycling loses no request and never
-/// hangs.
-#[derive(Parser, Debug)]
-#[command(
-    name = "prefork",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
+const ABOUT: &str = "A multi-worker prefork HTTP server.
+
+A master process binds the sockets and supervises worker processes that serve HTTP/1.1 and \
+HTTP/2 with tokio and hyper. Stopping, reloading or recycling loses no request and never hangs.";
+const SERVE_ABOUT: &str = "Start the master and its workers and serve until stopped by a signal.";
+const CHECK_ABOUT: &str = "Validate the configuration serve would use, without starting anything.
+
+Checks the options, the environment, the config file, the root directory, users and groups; \
+binds nothing. Exits 0 when valid, 2 otherwise.";
+
+/// A command with `about` as its long description, and its first sentence, as a title without
+/// the full stop, as its short one (the NAME line of its man page).
+fn described(name: &'static str, about: &'static str) -> clap::Command {
+    let (first, rest) = about.split_once("\n\n").unwrap_or((about, ""));
+    let command = clap::Command::new(name).about(first.trim_end_matches('.'));
+    if rest.is_empty() {
+        command
+    } else {
+        command.long_about(about)
+    }
 }
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Start the master and its workers and serve until stopped by a signal.
-    Serve(ServeArgs),
-    /// Validate the configuration serve would use, without starting anything.
-    ///
-    /// Checks the options, the environment, the config file, the root directory, users and
-    /// groups; binds nothing. Exits 0 when valid, 2 otherwise.
-    Check(ServeArgs),
+/// The flag naming the config file: the one option that is not a setting, so not in the table.
+const CONFIG: &str = "config";
+
+/// One option of the table as a flag, read from `PREFORK_<KEY>` too, its help ending in the
+/// default.
+fn arg(opt: &Opt) -> Arg {
+    let default = opt.shown_default();
+    let mut arg = Arg::new(opt.key)
+        .long(opt.long())
+        .short(opt.short)
+        .value_name(opt.value_name)
+        .env(opt.env())
+        .help(format!("{} [default: {default}]", opt.help))
+        .value_hint(match opt.kind {
+            Kind::File => ValueHint::FilePath,
+            Kind::Dir => ValueHint::DirPath,
+            // Numbers are typed, not completed; addresses may be unix socket paths.
+            Kind::Count | Kind::Duration => ValueHint::Other,
+            Kind::Addrs | Kind::Text => ValueHint::Unknown,
+        });
+    if !opt.more.is_empty() {
+        arg = arg.long_help(format!("{} {} [default: {default}]", opt.help, opt.more));
+    }
+    if opt.kind == Kind::Addrs {
+        arg = arg.action(ArgAction::Append).value_delimiter(',');
+    }
+    arg
 }
 
 /// The options of `serve` and `check`. Each one can also be set in the config file under its
 /// name with underscores (`graceful_timeout = "10s"`) and in the environment as
 /// `PREFORK_NAME`. Precedence: defaults < config file < environment < command line.
-#[derive(Args, Debug)]
-struct ServeArgs {
-    /// Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or
-    /// separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]
-    #[arg(
-        short,
-        long,
-        value_name = "ADDR",
-        env = "PREFORK_BIND",
-        value_delimiter = ','
-    )]
-    bind: Vec<String>,
-
-    /// Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]
-    #[arg(short, long, value_name = "N", env = "PREFORK_WORKERS")]
-    workers: Option<String>,
-
-    /// Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one.
-    /// [default: 1]
-    #[arg(long, value_name = "N", env = "PREFORK_THREADS")]
-    threads: Option<String>,
-
-    /// How long a graceful stop (TERM) may take, from the start of the drain (after any
-    /// --shutdown-delay), before what is left is cut. Durations are written 30, 30s, 500ms, 2m
-    /// or 1h. [default: 30s]
-    #[arg(long, value_name = "DUR", env = "PREFORK_GRACEFUL_TIMEOUT")]
-    graceful_timeout: Option<String>,
-
-    /// Kill and replace a worker whose runtime sent no heartbeat for this long (a handler
-    /// blocking its thread); 0 turns the check off. [default: 30s]
-    #[arg(long, value_name = "DUR", env = "PREFORK_TIMEOUT")]
-    timeout: Option<String>,
-
-    /// How long a reload (HUP) waits for the new workers to be ready before it gives up and
-    /// keeps the old ones. [default: 30s]
-    #[arg(long, value_name = "DUR", env = "PREFORK_RELOAD_TIMEOUT")]
-    reload_timeout: Option<String>,
-
-    /// Replace a worker after it served this many requests (its replacement is ready first);
-    /// 0 means never. [default: 0]
-    #[arg(long, value_name = "N", env = "PREFORK_MAX_REQUESTS")]
-    max_requests: Option<String>,
-
-    /// Add up to this many requests, at random, to each worker's --max-requests, so workers do
-    /// not all retire at once. [default: 0]
-    #[arg(long, value_name = "N", env = "PREFORK_MAX_REQUESTS_JITTER")]
-    max_requests_jitter: Option<String>,
-
-    /// Length of each listener's accept queue. [default: 2048]
-    #[arg(long, value_name = "N", env = "PREFORK_BACKLOG")]
-    backlog: Option<String>,
-
-    /// How long an idle keep-alive connection waits for its next request (an HTTP/2 one is
-    /// then sent GOAWAY); also bounds how long a client may take to send request headers. 0
-    /// turns HTTP/1 keep-alive off (idle HTTP/2 connections then get 30s). [default: 5s]
-    #[arg(long, value_name = "DUR", env = "PREFORK_KEEPALIVE")]
-    keepalive: Option<String>,
-
-    /// How long a draining worker keeps idle keep-alive connections open for a request that
-    /// may already be on its way (served with Connection: close). [default: 1s]
-    #[arg(long, value_name = "DUR", env = "PREFORK_LINGER")]
-    linger: Option<String>,
-
-    /// After TERM, keep serving normally this long, with the health path answering 503, so
-    /// load balancers stop sending traffic before the drain begins. The graceful timeout
-    /// starts after it. [default: 0]
-    #[arg(long, value_name = "DUR", env = "PREFORK_SHUTDOWN_DELAY")]
-    shutdown_delay: Option<String>,
-
-    /// A path prefork answers itself: 200 while serving, 503 once a stop is requested (for
-    /// load balancer health checks), e.g. /healthz. [default: none]
-    #[arg(long, value_name = "PATH", env = "PREFORK_HEALTH_PATH")]
-    health_path: Option<String>,
-
-    /// Run the master and workers as this user (name or uid) once the sockets are bound, with
-    /// its supplementary groups. [default: the user that started prefork]
-    #[arg(short, long, value_name = "USER", env = "PREFORK_USER")]
-    user: Option<String>,
-
-    /// Run as this group (name or gid); with --user alone, the user's own group.
-    /// [default: the group that started prefork]
-    #[arg(short, long, value_name = "GROUP", env = "PREFORK_GROUP")]
-    group: Option<String>,
-
-    /// File mode creation mask, in octal, set at start. [default: the inherited one]
-    #[arg(long, value_name = "MODE", env = "PREFORK_UMASK")]
-    umask: Option<String>,
-
-    /// Mode of unix socket files, in octal (e.g. 660); their owner is --user and --group.
-    /// [default: from the umask]
-    #[arg(long, value_name = "MODE", env = "PREFORK_BIND_MODE")]
-    bind_mode: Option<String>,
-
-    /// Write the master's pid to this file once the sockets are bound (refused if it names
-    /// a running process); removed at exit. [default: none]
-    #[arg(short, long, value_name = "FILE", env = "PREFORK_PID")]
-    pid: Option<String>,
-
-    /// Directory served by the built-in static file app. [default: .]
-    #[arg(long, value_name = "DIR", env = "PREFORK_ROOT", value_hint = ValueHint::DirPath)]
-    root: Option<String>,
-
-    /// Most verbose level logged: error, warn, info, debug or trace. [default: info]
-    #[arg(long, value_name = "LEVEL", env = "PREFORK_LOG_LEVEL")]
-    log_level: Option<String>,
-
-    /// How log lines are written: text, or json (one object per line, for the error log and
-    /// the access log). [default: text]
-    #[arg(long, value_name = "FORMAT", env = "PREFORK_LOG_FORMAT")]
-    log_format: Option<String>,
-
-    /// Where the master and workers log events: a file (appended to, reopened on USR1) or -
-    /// for standard error. [default: -]
-    #[arg(long, value_name = "PATH", env = "PREFORK_ERROR_LOGFILE")]
-    error_logfile: Option<String>,
-
-    /// Where workers log one line per request (combined log format plus the seconds the
-    /// response took to start): a file (appended to, reopened on USR1) or - for standard
-    /// output. [default: none]
-    #[arg(long, value_name = "PATH", env = "PREFORK_ACCESS_LOGFILE")]
-    access_logfile: Option<String>,
-
-    /// TOML config file whose keys are the option names above, with underscores
-    /// (graceful_timeout = "10s").
-    #[arg(short, long, value_name = "FILE", env = "PREFORK_CONFIG", value_hint = ValueHint::FilePath)]
-    config: Option<PathBuf>,
+fn options() -> impl Iterator<Item = Arg> {
+    OPTIONS.iter().map(arg).chain([Arg::new(CONFIG)
+        .short('c')
+        .long(CONFIG)
+        .value_name("FILE")
+        .env("PREFORK_CONFIG")
+        .value_hint(ValueHint::FilePath)
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(
+            "TOML config file whose keys are the option names above, with underscores \
+             (graceful_timeout = \"10s\")",
+        )])
 }
 
 /// What the command line asks for.
@@ -183,25 +93,26 @@ pub(crate) enum Exit {
     Usage(String),
 }
 
-/// The clap definition, for generating man pages and completions.
+/// The clap definition of the command line, built from the option table; man pages and
+/// completions are generated from it.
 pub fn command() -> clap::Command {
-    Cli::command()
+    described("prefork", ABOUT)
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .max_term_width(100)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(described("serve", SERVE_ABOUT).args(options()))
+        .subcommand(described("check", CHECK_ABOUT).args(options()))
 }
 
 /// Parses the command line and the layers under it into a validated [`Config`].
 pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, Exit> {
-    let matches = match Cli::command().try_get_matches_from(args) {
-        Ok(m) => m,
-        Err(e) => return Err(clap_exit(e)),
-    };
-    let cli = Cli::from_arg_matches(&matches).map_err(clap_exit)?;
+    let matches = command().try_get_matches_from(args).map_err(clap_exit)?;
     let (name, sub) = matches
         .subcommand()
-        .expect("clap requires a subcommand (subcommand_required is set by derive)");
-    let args = match &cli.command {
-        Command::Serve(args) | Command::Check(args) => args,
-    };
-    let config = load(args, sub).map_err(|e| Exit::Usage(e.to_string()))?;
+        .expect("clap requires a subcommand (subcommand_required is set)");
+    let config = load(sub).map_err(|e| Exit::Usage(e.to_string()))?;
     Ok(if name == "check" {
         Action::Check(config)
     } else {
@@ -220,30 +131,27 @@ pub(crate) fn reload(args: &[OsString]) -> Result<Config, Error> {
     }
 }
 
-fn load(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, Error> {
+fn load(matches: &ArgMatches) -> Result<Config, Error> {
     let mut config = Config::default();
     config.apply_platform_env()?;
-    if let Some(path) = &args.config {
+    if let Some(path) = matches.get_one::<PathBuf>(CONFIG) {
         config.apply_file(path)?;
     }
     // Environment first, then the command line, whatever order clap lists the ids in.
     for wanted in [ValueSource::EnvVariable, ValueSource::CommandLine] {
-        for id in matches.ids().map(|id| id.as_str()) {
-            if id == "config" || matches.value_source(id) != Some(wanted) {
+        for opt in OPTIONS {
+            if matches.value_source(opt.key) != Some(wanted) {
                 continue;
             }
-            // Derive also lists the argument group of the struct itself, which holds ids.
-            let Ok(Some(values)) = matches.try_get_many::<String>(id) else {
+            let Some(values) = matches.get_many::<String>(opt.key) else {
                 continue;
             };
             let values: Vec<String> = values.cloned().collect();
             let source = match wanted {
-                ValueSource::EnvVariable => {
-                    Source::Env(format!("PREFORK_{}", id.to_ascii_uppercase()))
-                }
-                _ => Source::Cli(id.replace('_', "-")),
+                ValueSource::EnvVariable => Source::Env(opt.env()),
+                _ => Source::Cli(opt.long()),
             };
-            config.set_all(id, &values, &source)?;
+            opt.apply(&mut config, &values, &source)?;
         }
     }
     config.validate()?;
@@ -269,5 +177,34 @@ fn clap_exit(err: clap::Error) -> Exit {
             let first = first.strip_prefix("error: ").unwrap_or(first);
             Exit::Usage(format!("{first} (see prefork --help)"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Duplicate flags or ids, including -c, -h and -V next to the table's, panic here.
+        command().debug_assert();
+    }
+
+    #[test]
+    fn flags_reach_their_options() {
+        let args = [
+            "prefork",
+            "check",
+            "--graceful-timeout",
+            "10s",
+            "-b",
+            "127.0.0.1:1,127.0.0.1:2",
+        ];
+        let Ok(Action::Check(config)) = parse(args.map(OsString::from)) else {
+            panic!("check with valid options did not parse");
+        };
+        assert_eq!(config.graceful_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(config.bind.len(), 2);
+        assert_eq!(config.bind_source, Source::Cli("bind".into()));
     }
 }

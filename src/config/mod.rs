@@ -2,6 +2,7 @@
 //! line) are merged with every value remembering where it came from.
 
 mod credentials;
+pub(crate) mod options;
 mod source;
 pub(crate) mod value;
 
@@ -86,23 +87,26 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults of the option table ([`options::OPTIONS`]), which `--help` states.
     fn default() -> Self {
-        Self {
-            bind: vec![BindAddr::Tcp(([127, 0, 0, 1], 8000).into())],
+        // The table overwrites every field here that has a default value of its own; what is
+        // left is what an unset option means: no user, no pid file, no access log.
+        let mut config = Self {
+            bind: Vec::new(),
             bind_source: Source::Default,
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: 1,
             threads: 1,
-            graceful_timeout: Duration::from_secs(30),
-            timeout: Duration::from_secs(30),
-            reload_timeout: Duration::from_secs(30),
+            graceful_timeout: Duration::ZERO,
+            timeout: Duration::ZERO,
+            reload_timeout: Duration::ZERO,
             max_requests: 0,
             max_requests_jitter: 0,
-            backlog: 2048,
-            keepalive: Duration::from_secs(5),
-            linger: Duration::from_secs(1),
+            backlog: 1,
+            keepalive: Duration::ZERO,
+            linger: Duration::ZERO,
             shutdown_delay: Duration::ZERO,
             health_path: None,
-            root: PathBuf::from("."),
+            root: PathBuf::new(),
             root_source: Source::Default,
             credentials: Credentials::default(),
             umask: None,
@@ -114,7 +118,9 @@ impl Default for Config {
             error_logfile_source: Source::Default,
             access_logfile: None,
             access_logfile_source: Source::Default,
-        }
+        };
+        options::apply_defaults(&mut config);
+        config
     }
 }
 
@@ -139,8 +145,8 @@ impl Config {
         self
     }
 
-    /// How long a graceful stop may take, from the master's receipt of the signal until what is
-    /// left is cut. Default: 30 s.
+    /// How long a graceful stop may take, from the start of the drain (after any shutdown
+    /// delay) until what is left is cut. Default: 30 s.
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.graceful_timeout = timeout;
         self
@@ -300,83 +306,9 @@ impl Config {
         values: &[String],
         source: &Source,
     ) -> Result<(), Error> {
-        let Some(last) = values.last() else {
-            return Ok(());
-        };
-        let invalid = |value: &str, reason: String| {
-            Error::config(format!(
-                "invalid value '{value}' for {key} ({source}): {reason}"
-            ))
-        };
-        let one = |parse: &dyn Fn(&str) -> Result<u64, String>| {
-            parse(last).map_err(|reason| invalid(last, reason))
-        };
-        match key {
-            "bind" => {
-                let mut addrs = Vec::new();
-                for value in values {
-                    addrs.extend(value::bind(value).map_err(|reason| invalid(value, reason))?);
-                }
-                self.bind = addrs;
-                self.bind_source = source.clone();
-            }
-            "workers" => self.workers = one(&|v| value::count(v, 1))? as usize,
-            "threads" => self.threads = one(&|v| value::count(v, 1))? as usize,
-            "backlog" => {
-                self.backlog = one(&|v| value::count(v, 1))?.min(i32::MAX as u64) as u32;
-            }
-            "graceful_timeout" => self.graceful_timeout = millis(one(&duration_ms)?),
-            "timeout" => self.timeout = millis(one(&duration_ms)?),
-            "reload_timeout" => self.reload_timeout = millis(one(&duration_ms)?),
-            "max_requests" => self.max_requests = one(&|v| value::count(v, 0))?,
-            "max_requests_jitter" => self.max_requests_jitter = one(&|v| value::count(v, 0))?,
-            "keepalive" => self.keepalive = millis(one(&duration_ms)?),
-            "linger" => self.linger = millis(one(&duration_ms)?),
-            "shutdown_delay" => self.shutdown_delay = millis(one(&duration_ms)?),
-            "health_path" => {
-                self.health_path = Some(value::path(last).map_err(|reason| invalid(last, reason))?);
-            }
-            "user" => {
-                self.credentials.user =
-                    Some(credentials::user(last).map_err(|reason| invalid(last, reason))?);
-            }
-            "group" => {
-                self.credentials.group =
-                    Some(credentials::group(last).map_err(|reason| invalid(last, reason))?);
-            }
-            "umask" => {
-                self.umask = Some(value::mode(last).map_err(|reason| invalid(last, reason))?);
-            }
-            "bind_mode" => {
-                self.bind_mode = Some(value::mode(last).map_err(|reason| invalid(last, reason))?);
-            }
-            "pid" => self.pid = Some(PathBuf::from(last)),
-            "root" => {
-                self.root = PathBuf::from(last);
-                self.root_source = source.clone();
-            }
-            "log_format" => {
-                self.log_format =
-                    value::log_format(last).map_err(|reason| invalid(last, reason))?;
-            }
-            "error_logfile" => {
-                self.error_logfile =
-                    value::log_target(last).map_err(|reason| invalid(last, reason))?;
-                self.error_logfile_source = source.clone();
-            }
-            "access_logfile" => {
-                self.access_logfile =
-                    Some(value::log_target(last).map_err(|reason| invalid(last, reason))?);
-                self.access_logfile_source = source.clone();
-            }
-            "log_level" => {
-                self.log_level = value::log_level(last).map_err(|reason| invalid(last, reason))?;
-            }
-            _ => {
-                return Err(Error::config(format!("unknown option '{key}' ({source})")));
-            }
-        }
-        Ok(())
+        let opt = options::find(key)
+            .ok_or_else(|| Error::config(format!("unknown option '{key}' ({source})")))?;
+        opt.apply(self, values, source)
     }
 
     /// Applies the defaults that come from the environment for drop-in use: `WEB_CONCURRENCY`
@@ -449,14 +381,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn duration_ms(text: &str) -> Result<u64, String> {
-    value::duration(text).map(|d| d.as_millis() as u64)
-}
-
-fn millis(ms: u64) -> Duration {
-    Duration::from_millis(ms)
 }
 
 fn toml_strings(item: &toml::Value) -> Option<Vec<String>> {

@@ -1,8 +1,11 @@
-//! The generated documentation — man pages and shell completions — matches the command line
-//! defined in `src/cli.rs`, and the example config file documents every option and is valid.
+//! The generated documentation — man pages and shell completions — matches the command line,
+//! which `src/cli.rs` builds from the option table in `src/config/options.rs`, and the example
+//! config file documents every option with its default, is valid, and says truly which layer
+//! wins.
 //!
 //! The man pages and completions are generated from `prefork::command()` with `clap_mangen`
-//! and `clap_complete` and committed. When the CLI changes, regenerate them with
+//! and `clap_complete` and committed; `config/prefork.toml` is generated from the option table
+//! by a unit test in `src/config/options.rs`. When an option changes, regenerate them all with
 //!
 //! ```sh
 //! PREFORK_UPDATE_DOCS=1 cargo test docs
@@ -262,13 +265,14 @@ fn config_keys(text: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Runs `prefork check -c FILE` in the repository (where `root = "."` exists) with none of the
-/// environment variables that would override the file.
-fn check(config: &Path) -> std::process::Output {
+/// Runs `prefork check -c FILE ARGS` in the repository (where `root = "."` exists) with `env`
+/// and none of the other environment variables that would override the file.
+fn check(config: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_prefork"));
     cmd.arg("check")
         .arg("-c")
         .arg(config)
+        .args(args)
         .current_dir(repo())
         .env_remove("PORT")
         .env_remove("WEB_CONCURRENCY");
@@ -277,6 +281,7 @@ fn check(config: &Path) -> std::process::Output {
             cmd.env_remove(name);
         }
     }
+    cmd.envs(env.iter().copied());
     cmd.output().expect("running prefork check")
 }
 
@@ -322,7 +327,7 @@ fn docs_example_config_documents_every_option_and_is_valid() {
     );
 
     // The file as shipped.
-    let out = check(&repo().join(EXAMPLE));
+    let out = check(&repo().join(EXAMPLE), &[], &[]);
     assert!(
         out.status.success(),
         "prefork check -c {EXAMPLE} failed ({}):\n{}",
@@ -347,7 +352,7 @@ fn docs_example_config_documents_every_option_and_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let all = dir.path().join("all-options.toml");
     fs::write(&all, &uncommented).unwrap();
-    let out = check(&all);
+    let out = check(&all, &[], &[]);
     assert!(
         out.status.success(),
         "{EXAMPLE} with every `# name = value` line uncommented does not pass prefork check \
@@ -433,5 +438,56 @@ fn docs_defaults_agree_with_the_cli() {
         millis(stop) > prefork_deadline,
         "TimeoutStopSec={stop} in config/prefork.service must be larger than the default \
          shutdown_delay + graceful_timeout ({prefork_deadline} ms)"
+    );
+}
+
+/// The precedence the example config file states: WEB_CONCURRENCY, then the file, then
+/// PREFORK_* variables, then the command line, each overriding the one before.
+#[test]
+fn docs_precedence_is_as_the_example_config_states() {
+    let prose: Vec<String> = read("config/prefork.toml")
+        .lines()
+        .map(|line| line.trim_start_matches('#').trim().to_string())
+        .collect();
+    assert!(
+        prose.join(" ").contains(
+            "Precedence, lowest first: built-in defaults, WEB_CONCURRENCY and PORT, this file, \
+             PREFORK_* environment variables, the command line."
+        ),
+        "config/prefork.toml no longer states the precedence this test checks"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prefork.toml");
+    fs::write(&file, "workers = 3\n").unwrap();
+    let workers = |env: &[(&str, &str)], args: &[&str]| {
+        let out = check(&file, env, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .split_once("valid: ")
+            .and_then(|(_, rest)| rest.split_once(" worker(s)"))
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_else(|| panic!("prefork check printed no worker count: {stdout}"))
+    };
+    let platform = ("WEB_CONCURRENCY", "2");
+    let env = ("PREFORK_WORKERS", "4");
+    assert_eq!(
+        workers(&[platform], &[]),
+        "3",
+        "the file over WEB_CONCURRENCY"
+    );
+    assert_eq!(
+        workers(&[platform, env], &[]),
+        "4",
+        "the environment over the file"
+    );
+    assert_eq!(
+        workers(&[platform, env], &["--workers", "5"]),
+        "5",
+        "the command line over the environment"
     );
 }

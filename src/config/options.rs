@@ -1,0 +1,709 @@
+//! The table of options: one entry per setting of `serve` and `check`, from which come the
+//! command line (flags, environment names, help with its `[default: …]`), the built-in
+//! defaults of [`Config::default`], the config file keys, the dispatch of [`Config::set`] and
+//! the example config file. Adding an option is one entry here plus the `Config` field it sets
+//! and the code that uses it.
+
+use std::path::PathBuf;
+
+use super::{Config, Source, credentials, value};
+
+/// One option. Its key names it in a config file (`graceful_timeout`); the command line spells
+/// it `--graceful-timeout` and the environment `PREFORK_GRACEFUL_TIMEOUT`.
+pub(crate) struct Opt {
+    pub(crate) key: &'static str,
+    pub(crate) short: Option<char>,
+    /// What `--help` calls the value: `DUR`, `N`, `ADDR`.
+    pub(crate) value_name: &'static str,
+    pub(crate) kind: Kind,
+    /// One paragraph for `-h`, without the default: `--help` appends it from `default`.
+    pub(crate) help: &'static str,
+    /// Sentences added to `help` in `--help`, the man pages and the example config file, or
+    /// empty.
+    pub(crate) more: &'static str,
+    pub(crate) default: Initial,
+    pub(crate) set: Set,
+}
+
+/// The shape of an option's value, for completions, for how the example config file writes
+/// it, and for whether it may be given several times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A whole number: a bare integer in TOML.
+    Count,
+    /// A duration (`30`, `30s`, `500ms`, `2m`, `1h`).
+    Duration,
+    /// Addresses: the flag repeats or takes a comma-separated list, TOML takes an array.
+    Addrs,
+    /// A file path.
+    File,
+    /// A directory path.
+    Dir,
+    /// Any other text: names, modes, levels, URL paths.
+    Text,
+}
+
+/// An option's built-in value, and how help states it.
+pub(crate) enum Initial {
+    /// This value, as the command line would give it.
+    Value(&'static str),
+    /// This value, unless the environment gives another: `otherwise` says which.
+    ValueOr {
+        value: &'static str,
+        otherwise: &'static str,
+    },
+    /// A value computed on this machine by `value`, described by `shown`; the example config
+    /// file shows `example`.
+    Computed {
+        shown: &'static str,
+        value: fn() -> String,
+        #[cfg_attr(
+            not(test),
+            expect(dead_code, reason = "read by the example config generator, a test")
+        )]
+        example: &'static str,
+    },
+    /// Not set: `shown` says what happens then; the example config file shows `example`.
+    Unset {
+        shown: &'static str,
+        #[cfg_attr(
+            not(test),
+            expect(dead_code, reason = "read by the example config generator, a test")
+        )]
+        example: &'static str,
+    },
+}
+
+/// How an option's text becomes part of a [`Config`].
+pub(crate) enum Set {
+    /// The last value given wins. The error is the reason the value is refused.
+    One(fn(&mut Config, &str, &Source) -> Result<(), String>),
+    /// Every value given, together replacing what was there.
+    Many(fn(&mut Config, &[String], &Source) -> Result<(), Invalid>),
+}
+
+/// A refused value of a list, and why.
+pub(crate) struct Invalid {
+    value: String,
+    reason: String,
+}
+
+impl Opt {
+    /// The environment variable the option is read from.
+    pub(crate) fn env(&self) -> String {
+        format!("PREFORK_{}", self.key.to_ascii_uppercase())
+    }
+
+    /// The long flag, without the dashes.
+    pub(crate) fn long(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    /// What `[default: …]` says.
+    pub(crate) fn shown_default(&self) -> String {
+        match &self.default {
+            Initial::Value(value) => (*value).to_string(),
+            Initial::ValueOr { value, otherwise } => format!("{value}, {otherwise}"),
+            Initial::Computed { shown, .. } | Initial::Unset { shown, .. } => (*shown).to_string(),
+        }
+    }
+
+    /// The built-in value in the option's own syntax, or `None` when it has none.
+    fn default_value(&self) -> Option<String> {
+        match &self.default {
+            Initial::Value(value) | Initial::ValueOr { value, .. } => Some((*value).to_string()),
+            Initial::Computed { value, .. } => Some(value()),
+            Initial::Unset { .. } => None,
+        }
+    }
+
+    /// Sets the option in `config` from `values`, as given by `source`; an empty list changes
+    /// nothing. The error is the one line a user sees.
+    pub(crate) fn apply(
+        &self,
+        config: &mut Config,
+        values: &[String],
+        source: &Source,
+    ) -> Result<(), crate::Error> {
+        let Some(last) = values.last() else {
+            return Ok(());
+        };
+        let result = match self.set {
+            Set::One(set) => set(config, last, source).map_err(|reason| Invalid {
+                value: last.clone(),
+                reason,
+            }),
+            Set::Many(set) => set(config, values, source),
+        };
+        result.map_err(|Invalid { value, reason }| {
+            crate::Error::config(format!(
+                "invalid value '{value}' for {} ({source}): {reason}",
+                self.key
+            ))
+        })
+    }
+}
+
+/// The option named `key` in a config file.
+pub(crate) fn find(key: &str) -> Option<&'static Opt> {
+    OPTIONS.iter().find(|opt| opt.key == key)
+}
+
+/// Sets every option that has a built-in value to it; the others keep what `config` has.
+pub(crate) fn apply_defaults(config: &mut Config) {
+    for opt in OPTIONS {
+        if let Some(value) = opt.default_value() {
+            // Each default parses: tests::every_default_parses checks the whole table.
+            opt.apply(config, &[value], &Source::Default)
+                .expect("an option's default is valid");
+        }
+    }
+}
+
+fn cpus() -> String {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string()
+}
+
+/// The options, in the order `--help` lists them.
+pub(crate) static OPTIONS: &[Opt] = &[
+    Opt {
+        key: "bind",
+        short: Some('b'),
+        value_name: "ADDR",
+        kind: Kind::Addrs,
+        help: "Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or \
+               separate them with commas.",
+        more: "Port 0 asks the kernel for a free port (logged). A host name is resolved once, at \
+               start, and every address it resolves to is bound.",
+        default: Initial::ValueOr {
+            value: "127.0.0.1:8000",
+            otherwise: "or 0.0.0.0:$PORT when PORT is set",
+        },
+        set: Set::Many(|config, values, source| {
+            let mut addrs = Vec::new();
+            for text in values {
+                addrs.extend(value::bind(text).map_err(|reason| Invalid {
+                    value: text.clone(),
+                    reason,
+                })?);
+            }
+            config.bind = addrs;
+            config.bind_source = source.clone();
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "workers",
+        short: Some('w'),
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Number of worker processes.",
+        more: "TTIN and TTOU sent to the master add and remove one.",
+        default: Initial::Computed {
+            shown: "$WEB_CONCURRENCY, else the number of CPUs",
+            value: cpus,
+            example: "4",
+        },
+        set: Set::One(|config, text, _| {
+            config.workers = value::count(text, 1)? as usize;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "threads",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread \
+               one.",
+        more: "",
+        default: Initial::Value("1"),
+        set: Set::One(|config, text, _| {
+            config.threads = value::count(text, 1)? as usize;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "graceful_timeout",
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "How long a graceful stop (TERM) may take, from the start of the drain (after any \
+               shutdown delay), before what is left is cut. Durations are written 30, 30s, \
+               500ms, 2m or 1h.",
+        more: "The master kills any worker still alive just after. Under systemd, keep \
+               TimeoutStopSec larger than the shutdown delay plus the graceful timeout.",
+        default: Initial::Value("30s"),
+        set: Set::One(|config, text, _| {
+            config.graceful_timeout = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "timeout",
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "Kill and replace a worker whose runtime sent no heartbeat for this long (a handler \
+               blocking its thread); 0 turns the check off.",
+        more: "Slow handlers that await leave the runtime free and are never killed.",
+        default: Initial::Value("30s"),
+        set: Set::One(|config, text, _| {
+            config.timeout = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "reload_timeout",
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "How long a reload (HUP) waits for the new workers to be ready before it gives up \
+               and keeps the old ones.",
+        more: "",
+        default: Initial::Value("30s"),
+        set: Set::One(|config, text, _| {
+            config.reload_timeout = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "max_requests",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Replace a worker after it served this many requests (its replacement is ready \
+               first); 0 means never.",
+        more: "This bounds slow leaks without ever dropping capacity.",
+        default: Initial::Value("0"),
+        set: Set::One(|config, text, _| {
+            config.max_requests = value::count(text, 0)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "max_requests_jitter",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Add up to this many requests, at random, to each worker's max requests, so workers \
+               do not all retire at once.",
+        more: "",
+        default: Initial::Value("0"),
+        set: Set::One(|config, text, _| {
+            config.max_requests_jitter = value::count(text, 0)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "backlog",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Length of each listener's accept queue.",
+        more: "The kernel caps it at net.core.somaxconn.",
+        default: Initial::Value("2048"),
+        set: Set::One(|config, text, _| {
+            // listen(2) takes an int.
+            config.backlog = value::count(text, 1)?.min(i32::MAX as u64) as u32;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "keepalive",
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "How long an idle keep-alive connection waits for its next request (an HTTP/2 one \
+               is then sent GOAWAY); also bounds how long a client may take to send request \
+               headers. 0 turns HTTP/1 keep-alive off (idle HTTP/2 connections then get 30s).",
+        more: "",
+        default: Initial::Value("5s"),
+        set: Set::One(|config, text, _| {
+            config.keepalive = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "linger",
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "How long a draining worker keeps idle keep-alive connections open for a request \
+               that may already be on its way (served with Connection: close).",
+        more: "",
+        default: Initial::Value("1s"),
+        set: Set::One(|config, text, _| {
+            config.linger = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "shutdown_delay",
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "After TERM, keep serving normally this long, with the health path answering 503, \
+               so load balancers stop sending traffic before the drain begins. The graceful \
+               timeout starts after it.",
+        more: "",
+        default: Initial::Value("0"),
+        set: Set::One(|config, text, _| {
+            config.shutdown_delay = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "health_path",
+        short: None,
+        value_name: "PATH",
+        kind: Kind::Text,
+        help: "A path prefork answers itself: 200 while serving, 503 once a stop is requested \
+               (for load balancer health checks), e.g. /healthz.",
+        more: "Every other path goes to the application.",
+        default: Initial::Unset {
+            shown: "none",
+            example: "/healthz",
+        },
+        set: Set::One(|config, text, _| {
+            config.health_path = Some(value::path(text)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "user",
+        short: Some('u'),
+        value_name: "USER",
+        kind: Kind::Text,
+        help: "Run the master and workers as this user (name or uid) once the sockets are bound, \
+               with its supplementary groups.",
+        more: "Needs root to start with.",
+        default: Initial::Unset {
+            shown: "the user that started prefork",
+            example: "www-data",
+        },
+        set: Set::One(|config, text, _| {
+            config.credentials.user = Some(credentials::user(text)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "group",
+        short: Some('g'),
+        value_name: "GROUP",
+        kind: Kind::Text,
+        help: "Run as this group (name or gid); with a user alone, the user's own group.",
+        more: "",
+        default: Initial::Unset {
+            shown: "the group that started prefork",
+            example: "www-data",
+        },
+        set: Set::One(|config, text, _| {
+            config.credentials.group = Some(credentials::group(text)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "umask",
+        short: None,
+        value_name: "MODE",
+        kind: Kind::Text,
+        help: "File mode creation mask, in octal, set at start.",
+        more: "It applies to unix socket files and the pid file too.",
+        default: Initial::Unset {
+            shown: "the inherited one",
+            example: "027",
+        },
+        set: Set::One(|config, text, _| {
+            config.umask = Some(value::mode(text)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "bind_mode",
+        short: None,
+        value_name: "MODE",
+        kind: Kind::Text,
+        help: "Mode of unix socket files, in octal (e.g. 660); their owner is the user and group \
+               prefork runs as.",
+        more: "",
+        default: Initial::Unset {
+            shown: "from the umask",
+            example: "660",
+        },
+        set: Set::One(|config, text, _| {
+            config.bind_mode = Some(value::mode(text)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "pid",
+        short: Some('p'),
+        value_name: "FILE",
+        kind: Kind::File,
+        help: "Write the master's pid to this file once the sockets are bound (refused if it \
+               names a running process); removed at exit.",
+        more: "",
+        default: Initial::Unset {
+            shown: "none",
+            example: "/run/prefork/prefork.pid",
+        },
+        set: Set::One(|config, text, _| {
+            config.pid = Some(PathBuf::from(text));
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "root",
+        short: None,
+        value_name: "DIR",
+        kind: Kind::Dir,
+        help: "Directory served by the built-in static file app.",
+        more: "It must exist. A relative path is taken from the working directory \
+               (WorkingDirectory= under systemd), not from the config file's directory.",
+        default: Initial::Value("."),
+        set: Set::One(|config, text, source| {
+            config.root = PathBuf::from(text);
+            config.root_source = source.clone();
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "log_level",
+        short: None,
+        value_name: "LEVEL",
+        kind: Kind::Text,
+        help: "Most verbose level logged: error, warn, info, debug or trace.",
+        more: "",
+        default: Initial::Value("info"),
+        set: Set::One(|config, text, _| {
+            config.log_level = value::log_level(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "log_format",
+        short: None,
+        value_name: "FORMAT",
+        kind: Kind::Text,
+        help: "How log lines are written: text, or json (one object per line, for the error log \
+               and the access log).",
+        more: "",
+        default: Initial::Value("text"),
+        set: Set::One(|config, text, _| {
+            config.log_format = value::log_format(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "error_logfile",
+        short: None,
+        value_name: "PATH",
+        kind: Kind::File,
+        help: "Where the master and workers log events: a file (appended to, reopened on USR1) or \
+               - for standard error.",
+        more: "",
+        default: Initial::Value("-"),
+        set: Set::One(|config, text, source| {
+            config.error_logfile = value::log_target(text)?;
+            config.error_logfile_source = source.clone();
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "access_logfile",
+        short: None,
+        value_name: "PATH",
+        kind: Kind::File,
+        help: "Where workers log one line per request (combined log format plus the seconds the \
+               response took to start): a file (appended to, reopened on USR1) or - for \
+               standard output.",
+        more: "Times are in UTC.",
+        default: Initial::Unset {
+            shown: "none",
+            example: "/var/log/prefork/access.log",
+        },
+        set: Set::One(|config, text, source| {
+            config.access_logfile = Some(value::log_target(text)?);
+            config.access_logfile_source = source.clone();
+            Ok(())
+        }),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BindAddr, LogTarget};
+    use std::collections::HashSet;
+    use std::io::Write as _;
+
+    /// Where the example config file is, and the variable that has the docs test rewrite it.
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/prefork.toml");
+    const UPDATE_VAR: &str = "PREFORK_UPDATE_DOCS";
+
+    const HEADER: &str = "\
+# prefork example configuration, generated from the option table in src/config/options.rs
+# (`PREFORK_UPDATE_DOCS=1 cargo test docs` rewrites it).
+#
+# Read with `prefork serve -c /etc/prefork/prefork.toml` (or PREFORK_CONFIG=...). Check a file
+# without starting anything with `prefork check -c FILE`: exit status 0 when it is valid, 2 with
+# a one-line error naming the key and the file otherwise.
+#
+# Keys are the command-line option names with underscores (--graceful-timeout becomes
+# graceful_timeout). Every option is listed below, commented out, with its default value or,
+# when it has none, an example. Precedence, lowest first: built-in defaults, WEB_CONCURRENCY and
+# PORT, this file, PREFORK_* environment variables, the command line. An unknown key is an error.
+#
+# Durations are whole numbers with an optional unit: 30 (seconds), \"30s\", \"500ms\", \"2m\", \"1h\".
+# Numbers may be written as TOML integers or as strings.
+";
+
+    /// `text` as `# `-prefixed lines of at most 100 columns.
+    fn comment(text: &str) -> String {
+        let mut out = String::new();
+        let mut line = String::from("#");
+        for word in text.split_whitespace() {
+            if line.len() + 1 + word.len() > 100 {
+                out.push_str(&line);
+                out.push('\n');
+                line = String::from("#");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        out.push_str(&line);
+        out.push('\n');
+        out
+    }
+
+    /// A value as TOML writes it for an option of this kind.
+    fn toml_value(kind: Kind, text: &str) -> String {
+        match kind {
+            Kind::Count => text.to_string(),
+            Kind::Addrs => format!("[\"{text}\"]"),
+            Kind::Duration | Kind::File | Kind::Dir | Kind::Text => format!("\"{text}\""),
+        }
+    }
+
+    /// The example config file: each option's help as a comment, then the option commented out
+    /// with its default, or an example when its default is not one fixed value.
+    fn example_config() -> String {
+        let mut out = String::from(HEADER);
+        for opt in OPTIONS {
+            out.push('\n');
+            // A fixed default goes without saying: it is the value shown.
+            let (shown, value) = match &opt.default {
+                Initial::Value(value) => (None, *value),
+                Initial::ValueOr { value, .. } => {
+                    (Some(format!("{}.", opt.shown_default())), *value)
+                }
+                Initial::Computed { example, .. } | Initial::Unset { example, .. } => {
+                    (Some(format!("{}. Example:", opt.shown_default())), *example)
+                }
+            };
+            out.push_str(&comment(&format!("{} {}", opt.help, opt.more)));
+            if let Some(shown) = shown {
+                out.push_str(&comment(&format!("Default: {shown}")));
+            }
+            out.push_str(&format!(
+                "# {} = {}\n",
+                opt.key,
+                toml_value(opt.kind, value)
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn docs_example_config_is_generated_from_the_table() {
+        let generated = example_config();
+        let committed = std::fs::read_to_string(EXAMPLE).unwrap_or_default();
+        if committed != generated && std::env::var(UPDATE_VAR).is_ok_and(|v| v == "1") {
+            std::fs::write(EXAMPLE, &generated).unwrap();
+            // Past the harness's capture of eprintln, so that a passing run says what it wrote.
+            let _ = writeln!(std::io::stderr(), "docs: wrote config/prefork.toml");
+            return;
+        }
+        assert!(
+            committed == generated,
+            "config/prefork.toml differs from what the option table generates; regenerate it \
+             with: {UPDATE_VAR}=1 cargo test docs"
+        );
+    }
+
+    #[test]
+    fn every_default_parses() {
+        for opt in OPTIONS {
+            if let Some(value) = opt.default_value() {
+                let mut config = Config::default();
+                if let Err(e) = opt.apply(&mut config, &[value], &Source::Default) {
+                    panic!("the default of {}: {e}", opt.key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_tables() {
+        let config = Config::default();
+        assert_eq!(
+            config.bind,
+            vec![BindAddr::Tcp(([127, 0, 0, 1], 8000).into())]
+        );
+        assert_eq!(config.bind_source, Source::Default);
+        assert!(config.workers >= 1);
+        assert_eq!(config.threads, 1);
+        assert_eq!(config.graceful_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(config.keepalive, std::time::Duration::from_secs(5));
+        assert_eq!(config.shutdown_delay, std::time::Duration::ZERO);
+        assert_eq!(config.backlog, 2048);
+        assert_eq!(config.root, PathBuf::from("."));
+        assert_eq!(config.log_level, tracing::Level::INFO);
+        assert_eq!(config.error_logfile, LogTarget::Standard);
+        assert_eq!(config.health_path, None);
+        assert_eq!(config.access_logfile, None);
+    }
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        let mut keys = HashSet::new();
+        let mut envs = HashSet::new();
+        let mut shorts = HashSet::new();
+        for opt in OPTIONS {
+            assert!(
+                opt.key.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{}",
+                opt.key
+            );
+            assert!(keys.insert(opt.key), "{} twice", opt.key);
+            assert!(envs.insert(opt.env()), "{} twice", opt.env());
+            if let Some(short) = opt.short {
+                assert!(shorts.insert(short), "-{short} twice");
+            }
+            // The default is appended to the help; each text is whole sentences.
+            assert!(!opt.help.contains("[default"), "{}", opt.key);
+            assert!(opt.help.ends_with('.'), "{}", opt.key);
+            assert!(
+                opt.more.is_empty() || opt.more.ends_with('.'),
+                "{}",
+                opt.key
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let source = Source::File("/etc/prefork.toml".into());
+        let err = Config::default()
+            .set_all("wrokers", &["3".into()], &source)
+            .unwrap_err();
+        assert!(err.is_config());
+        assert_eq!(
+            err.to_string(),
+            "unknown option 'wrokers' (in config file /etc/prefork.toml)"
+        );
+    }
+}
