@@ -130,7 +130,7 @@ static ACCEPTED: AtomicBool = AtomicBool::new(false);
 /// sleep and be woken for it — a wakeup the client pays for, of this worker and of every
 /// sibling sleeping on the same socket — it gives up the CPU once, letting the client run, and
 /// looks again. With connection-per-request load this is worth 5-10% of throughput on two
-/// cores (see README, Performance); a worker serving only keep-alive connections never
+/// cores (see docs/performance.md); a worker serving only keep-alive connections never
 /// yields.
 pub(crate) fn before_park() {
     if ACCEPTED.swap(false, Ordering::Relaxed) {
