@@ -21,6 +21,7 @@
 //! exists: the master forks, and a fork from a multi-threaded process is unsafe.
 
 pub mod app;
+mod application;
 mod cli;
 mod config;
 mod drain;
@@ -33,67 +34,11 @@ mod worker;
 
 use std::process::ExitCode;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-
+pub use application::{AppService, BoxError, WorkerContext};
 pub use cli::command;
 pub use config::{BindAddr, Config, LogFormat, LogTarget, Source};
 pub use drain::Drain;
 pub use error::Error;
-
-/// The error type a service or body may return: anything hyper can report.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A service prefork can serve: a cloneable tower service from `Request<Incoming>` to a
-/// response whose body yields `Bytes`. `axum::Router`, `tower_http::services::ServeDir` and
-/// `hyper_util::service::TowerToHyperService`-style stacks all are.
-pub trait AppService:
-    tower::Service<
-        Request<Incoming>,
-        Response = Response<Self::Body>,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-    /// The response body.
-    type Body: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static;
-}
-
-impl<S, B> AppService for S
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static,
-{
-    type Body = B;
-}
-
-/// What the application factory gets in each worker.
-pub struct WorkerContext {
-    id: usize,
-    drain: Drain,
-    config: Config,
-}
-
-impl WorkerContext {
-    /// The worker's slot number, from 1; a replacement for a dead worker takes the same one.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
-    /// The worker's drain handle, for background tasks that should stop when it drains.
-    pub fn drain(&self) -> &Drain {
-        &self.drain
-    }
-
-    /// The configuration the server runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-}
 
 /// Reads the configuration again when the master is told to reload (SIGHUP).
 type Reconfigure = Box<dyn Fn() -> Result<Config, Error>>;

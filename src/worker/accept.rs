@@ -14,7 +14,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tracing::{error, warn};
 
 use super::{Shared, connection};
-use crate::AppService;
+use crate::application::AppService;
 use crate::process::board::Seat;
 use crate::process::listeners::{Listener as Bound, Socket as BoundSocket};
 

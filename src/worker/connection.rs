@@ -11,7 +11,7 @@ use super::Shared;
 use super::activity::Activity;
 use super::service::HyperService;
 use super::tracked::Tracked;
-use crate::AppService;
+use crate::application::AppService;
 
 /// Serves `io` on its own task. The socket counts as open work until it is closed, even if it
 /// is upgraded and handed to the application.

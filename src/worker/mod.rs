@@ -21,11 +21,13 @@ use nix::unistd::{Pid, getppid};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::application::{AppService, WorkerContext};
 use crate::config::Config;
+use crate::drain::Drain;
+use crate::exit;
 use crate::process::board::Seat;
 use crate::process::control::{Leave, ToMaster};
 use crate::process::handoff::Handoff;
-use crate::{AppService, Drain, WorkerContext, exit};
 use accept::Listener;
 use channel::Channel;
 use stop::Stops;

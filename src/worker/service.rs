@@ -19,8 +19,9 @@ use tower::util::Oneshot;
 
 use super::Shared;
 use super::activity::{Activity, Answering};
+use crate::application::AppService;
+use crate::drain::Drain;
 use crate::log::access::Entry;
-use crate::{AppService, Drain};
 
 /// The service of one connection.
 pub(crate) struct HyperService<S> {

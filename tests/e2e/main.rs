@@ -7,6 +7,7 @@ mod drain;
 mod h2;
 mod harness;
 mod http;
+mod layers;
 mod load;
 mod logs;
 mod serve;
