@@ -1,8 +1,9 @@
 //! The table of options: one entry per setting of `serve` and `check`, from which come the
 //! command line (flags, environment names, help with its `[default: …]`), the built-in
 //! defaults of [`Config::default`], the config file keys, the dispatch of [`Config::set`] and
-//! the example config file. Adding an option is one entry here plus the `Config` field it sets
-//! and the code that uses it.
+//! the example config file; the man page's list of environment variables comes from the
+//! command line built here. Adding an option is one entry here, the `Config` field it sets (with
+//! its placeholder in `Config::default`, which this table overwrites), and the code that uses it.
 
 use std::path::PathBuf;
 

@@ -57,11 +57,36 @@ fn hand_written_sections() -> String {
     assert!(!files.is_empty(), "no *.roff files in {}", dir.display());
     let mut out = String::new();
     for file in files {
-        let text = fs::read_to_string(&file).unwrap();
+        let text = fs::read_to_string(&file)
+            .unwrap()
+            .replace(OPTION_VARIABLES, &option_variables());
         out.push_str(&text);
         if !text.ends_with('\n') {
             out.push('\n');
         }
+    }
+    out
+}
+
+/// Where ENVIRONMENT lists the variable of every option, generated so that a new option needs
+/// no edit here.
+const OPTION_VARIABLES: &str = ".\\\" OPTION-VARIABLES\n";
+
+/// One `.TP` entry per option of `serve` that has an environment variable.
+fn option_variables() -> String {
+    let serve = cli().find_subcommand("serve").unwrap().clone();
+    let mut out = String::new();
+    for arg in serve.get_arguments() {
+        let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let flag = long.replace('-', "\\-");
+        writeln!(
+            out,
+            ".TP\n.B {}\nSets\n.BR \\-\\-{flag} .",
+            env.to_string_lossy()
+        )
+        .unwrap();
     }
     out
 }
