@@ -8,11 +8,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
-use super::harness::{Bin, PATIENCE, Server, children_of, run};
 use super::http;
 use super::load::Load;
+use super::support::procfs::{children_of, status_line, zombies_of};
+use super::support::{Bin, PATIENCE, Server, run};
 
 /// A fake `NOTIFY_SOCKET`: every datagram the server sends, with the time it arrived.
 struct Notifications {
@@ -275,31 +275,6 @@ fn as_pid_1_the_master_reaps_orphans_and_handles_term() {
     assert!(status.success(), "{status:?}");
 }
 
-fn zombies_of(parent: Pid) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 1 && fields[0] == "Z" && fields[1] == parent.as_raw().to_string()
-        })
-        .collect()
-}
-
-fn status_line(pid: Pid, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn privileges_are_dropped_in_master_and_workers_after_binding() {
     if !nix::unistd::geteuid().is_root() {
@@ -331,8 +306,9 @@ fn privileges_are_dropped_in_master_and_workers_after_binding() {
     let mut processes = server.workers();
     processes.push(server.pid());
     for pid in processes {
-        let uid = status_line(pid, "Uid:");
-        let gid = status_line(pid, "Gid:");
+        let line = |key| status_line(pid, key).unwrap_or_else(|| panic!("{pid}: no {key}"));
+        let uid = line("Uid:");
+        let gid = line("Gid:");
         assert_eq!(
             uid.split_whitespace().skip(1).collect::<Vec<_>>(),
             vec![nobody.to_string(); 4],
@@ -343,7 +319,7 @@ fn privileges_are_dropped_in_master_and_workers_after_binding() {
             vec![nogroup.to_string(); 4],
             "{pid}: {gid}"
         );
-        let groups = status_line(pid, "Groups:");
+        let groups = line("Groups:");
         assert!(
             !groups.split_whitespace().any(|g| g == "0"),
             "{pid} kept root's group: {groups}"

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::h2;
-use super::harness::{Bin, PATIENCE, Server, wait_dead};
 use super::http::{self, Conn};
 use super::load::{Load, Tally};
+use super::support::procfs::wait_dead;
+use super::support::{Bin, PATIENCE, Server};
 
 /// 32 clients sending as fast as they can on keep-alive connections; TERM at 20 different
 /// moments, each on a fresh server.
@@ -92,7 +93,7 @@ fn http2_streams_open_at_the_signal_finish_and_idle_connections_get_goaway_at_on
     use http_body_util::BodyExt;
 
     let mut server = Server::start(Bin::Demo, 1);
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     let url = |path: &str| server.url(path);
     rt.block_on(async {
         let connect = || h2::connect(server.addr);
@@ -150,7 +151,7 @@ fn websockets_get_going_away_and_event_streams_end_cleanly() {
             })
         })
         .collect();
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     let closes = rt.block_on(async {
         let mut sockets = Vec::new();
         for _ in 0..5 {
@@ -208,7 +209,7 @@ fn a_handler_that_ignores_the_drain_is_cut_at_the_deadline() {
     let mut server = Server::builder(Bin::Demo, 1)
         .args(&["--graceful-timeout", "2s"])
         .start();
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     let _ws = rt.block_on(async {
         tokio_tungstenite::connect_async(format!("ws://{}/ws-quiet", server.addr))
             .await

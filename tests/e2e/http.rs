@@ -5,7 +5,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::harness::PATIENCE;
+use super::support::PATIENCE;
 
 #[derive(Debug)]
 pub struct Response {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::harness::{Bin, PATIENCE, Server};
 use super::http::Conn;
+use super::support::{Bin, PATIENCE, Server, wait_for};
 
 fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -18,20 +18,9 @@ fn read_lines(path: &Path) -> Vec<String> {
 
 /// Waits until `path` has at least `n` lines.
 fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    let until = Instant::now() + PATIENCE;
-    loop {
-        let lines = read_lines(path);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < until,
-            "{} has {} lines, not {n}",
-            path.display(),
-            lines.len()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(format!("{n} lines in {}", path.display()), || {
+        Some(read_lines(path)).filter(|lines| lines.len() >= n)
+    })
 }
 
 #[test]
@@ -159,7 +148,7 @@ fn usr1_reopens_the_log_files_in_master_and_workers() {
 
 #[test]
 fn an_unwritable_log_file_is_bad_input() {
-    let (status, stderr) = super::harness::run(
+    let (status, stderr) = super::support::run(
         Bin::Prefork,
         &["serve", "--access-logfile", "/nonexistent/dir/access.log"],
         &[],

@@ -7,8 +7,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 
 use super::h2;
-use super::harness::{Bin, PATIENCE, Server, alive, distinct, process_group_alive, run, wait_dead};
 use super::http::{self, Conn, Failure};
+use super::support::procfs::{alive, blocked_in, process_group_alive, wait_dead};
+use super::support::{Bin, PATIENCE, Server, distinct, run};
 
 #[test]
 fn workers_are_children_of_the_master_and_all_serve() {
@@ -79,7 +80,7 @@ fn http2_prior_knowledge_is_served() {
     use http_body_util::BodyExt;
 
     let server = Server::start(Bin::Demo, 1);
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     rt.block_on(async {
         let (mut send, _conn) = h2::connect(server.addr).await;
         let resp = tokio::time::timeout(PATIENCE, h2::get(&mut send, &server.url("/")))
@@ -101,7 +102,7 @@ fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     let server = Server::builder(Bin::Demo, 1)
         .args(&["--keepalive", "1s"])
         .start();
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     rt.block_on(async {
         let connect = || h2::connect(server.addr);
         let get = |send: &mut h2::Sender, path: &str| h2::get(send, &server.url(path));
@@ -320,7 +321,7 @@ fn websocket_gets_going_away_on_term() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let mut server = Server::start(Bin::Demo, 1);
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     let close = rt.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
             .await
@@ -598,15 +599,10 @@ fn a_worker_holding_more_than_its_share_still_takes_what_a_hung_sibling_leaves()
         .send(b"GET /block?ms=6000 HTTP/1.1\r\nHost: test\r\n\r\n")
         .unwrap();
     // Until the handler sleeps, the worker could still take the next connection.
-    let wchan = format!("/proc/{hung}/wchan");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never blocked"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    let hung_pid = nix::unistd::Pid::from_raw(hung.parse().expect("a pid"));
+    server.wait_until("the worker blocked in /block", || {
+        blocked_in(hung_pid, "nanosleep").then_some(())
+    });
     let started = std::time::Instant::now();
     // The other worker soon holds clearly more than its share and steps back from each new
     // connection; with no sibling to take it, it must take it itself, and quickly.

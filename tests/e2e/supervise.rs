@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::harness::{Bin, PATIENCE, Server, run};
 use super::http::{self, Conn};
 use super::load::Load;
+use super::support::{Bin, PATIENCE, Server, run};
 
 fn write_config(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
