@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::http;
+use super::http::{self, Conn};
 use super::load::Load;
-use super::support::procfs::{children_of, status_line, zombies_of};
+use super::support::procfs::{accept_queue, children_of, status_line, zombies_of};
 use super::support::{Bin, PATIENCE, Server, run};
 
 /// A fake `NOTIFY_SOCKET`: every datagram the server sends, with the time it arrived.
@@ -90,14 +90,24 @@ fn systemd_hears_ready_reloading_and_stopping_in_order() {
     assert!(failed.contains("STATUS=reload failed: "), "{failed}");
     assert!(failed.contains("keepalive"), "{failed}");
 
-    // STOPPING=1 is the first thing a stop does.
-    let signalled = Instant::now();
+    // STOPPING=1 is the first thing a stop does: it comes while a request is still in flight,
+    // not once the drain is over.
+    let addr = server.addr;
+    let slow = thread::spawn(move || {
+        let response = Conn::connect(addr).unwrap().get("/sleep?ms=1000");
+        (response, Instant::now())
+    });
+    server.wait_log("/sleep: waiting", PATIENCE);
     server.signal(Signal::SIGTERM);
-    let (at, stopping, _) = notes.until("STOPPING=1");
-    let took = at - signalled;
+    let (stopping_at, stopping, _) = notes.until("STOPPING=1");
+    let (response, answered_at) = slow.join().unwrap();
+    assert_eq!(
+        response.expect("the request in flight completes").status,
+        200
+    );
     assert!(
-        took < Duration::from_millis(100),
-        "STOPPING=1 came {took:?} after TERM: {stopping}"
+        stopping_at < answered_at,
+        "STOPPING=1 came only after the drain: {stopping}"
     );
     // The drain may outlast a short TimeoutStopSec: systemd is asked to wait for it.
     let (_, extend, _) = notes.until("EXTEND_TIMEOUT_USEC=");
@@ -156,6 +166,7 @@ fn socket_activation_by_systemd_socket_activate_serves() {
         loop {
             match http::try_get(addr, "/") {
                 Err(http::Failure::Refused) if Instant::now() < until => {
+                    // The polling interval: nothing listens yet, and a refusal is no event.
                     thread::sleep(Duration::from_millis(10));
                 }
                 other => return other,
@@ -224,15 +235,20 @@ fn a_restart_under_socket_activation_refuses_nothing() {
     };
     let mut first = start();
     assert_eq!(first.addr, addr);
-    let load = Load::keepalive(addr, 16, "/");
-    thread::sleep(Duration::from_millis(300));
+    const CLIENTS: usize = 16;
+    let load = Load::keepalive(addr, CLIENTS, "/");
+    load.wait_each_served();
     first.signal(Signal::SIGTERM);
     let (status, _) = first.expect_exit(PATIENCE);
     assert!(status.success());
-    // Nobody accepts now; clients queue in the socket the holder keeps open.
-    thread::sleep(Duration::from_millis(200));
+    // Nobody accepts now; every client queues in the socket the holder keeps open.
+    first.wait_until(format!("{CLIENTS} clients in the accept queue"), || {
+        (accept_queue(addr) == Some(CLIENTS)).then_some(())
+    });
+    let served_by_first = load.served();
     let mut second = start();
-    thread::sleep(Duration::from_millis(300));
+    // The second server answers every queued client, and the load goes on.
+    load.wait_served(served_by_first + 2 * CLIENTS as u64);
     second.signal(Signal::SIGTERM);
     load.signalled();
     let (status, _) = second.expect_exit(PATIENCE);
@@ -264,12 +280,11 @@ fn as_pid_1_the_master_reaps_orphans_and_handles_term() {
         let body = http::get(server.addr, "/orphan").text();
         assert!(body.starts_with("orphan "), "{body}");
     }
-    // The orphans sleep 200 ms, then exit, and must not stay zombies.
-    thread::sleep(Duration::from_millis(800));
+    // The orphans sleep 200 ms, then exit; the master itself reaps them, re-parented to it,
+    // PID 1, and none stays a zombie.
+    server.wait_log_count("not a worker", 10, PATIENCE);
     let zombies = zombies_of(master);
     assert!(zombies.is_empty(), "zombies left under PID 1: {zombies:?}");
-    // The master itself reaped them: they were re-parented to it, PID 1.
-    assert!(server.count_log("not a worker") >= 10, "{}", server.log());
     nix::sys::signal::kill(master, Signal::SIGTERM).unwrap();
     let (status, _) = server.expect_exit(PATIENCE);
     assert!(status.success(), "{status:?}");

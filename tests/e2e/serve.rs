@@ -114,6 +114,7 @@ fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
         let (mut busy, busy_conn) = connect().await;
         let slow = tokio::spawn(get(&mut busy, "/sleep?ms=2500"));
 
+        // Half the idle timeout, the subject: a connection closed by then was closed early.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!used_conn.is_finished(), "closed well before the timeout");
         for conn in [used_conn, silent_conn] {
@@ -133,7 +134,8 @@ fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
         assert_eq!(&body[..], b"slept 2500 ms\n");
         assert!(started.elapsed() >= Duration::from_millis(2500));
         // The request held the connection: it is idle only from the answer on (GOAWAY sent
-        // while the request ran would have closed it as soon as the answer was through).
+        // while the request ran would have closed it as soon as the answer was through). The
+        // subject: the connection outlives its answer by a while, still short of the timeout.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !busy_conn.is_finished(),
@@ -160,8 +162,7 @@ fn term_lets_requests_in_flight_finish() {
             })
         })
         .collect();
-    // The requests are sent at once; half a second is ample for them to arrive.
-    thread::sleep(Duration::from_millis(500));
+    server.wait_log_count("/sleep: waiting", 5, PATIENCE);
     let start = std::time::Instant::now();
     server.signal(Signal::SIGTERM);
     for client in clients {
@@ -241,7 +242,7 @@ fn graceful_timeout_cuts_what_is_left() {
         .start();
     let addr = server.addr;
     let client = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=20000"));
-    thread::sleep(Duration::from_millis(300));
+    server.wait_log("/sleep: waiting", PATIENCE);
     server.signal(Signal::SIGTERM);
     let (status, took) = server.expect_exit(PATIENCE);
     assert!(status.success());
@@ -264,7 +265,7 @@ fn quick_stop_closes_connections_at_once() {
         let mut server = Server::start(Bin::Demo, 2);
         let addr = server.addr;
         let client = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=20000"));
-        thread::sleep(Duration::from_millis(300));
+        server.wait_log("/sleep: waiting", PATIENCE);
         server.signal(sig);
         let (status, took) = server.expect_exit(PATIENCE);
         assert!(status.success(), "{sig}: {status:?}");
@@ -281,7 +282,7 @@ fn second_term_escalates_to_a_quick_stop() {
     let mut server = Server::start(Bin::Demo, 1);
     let addr = server.addr;
     let client = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=20000"));
-    thread::sleep(Duration::from_millis(300));
+    server.wait_log("/sleep: waiting", PATIENCE);
     server.signal(Signal::SIGTERM);
     server.wait_log("graceful stop", PATIENCE);
     server.signal(Signal::SIGTERM);
@@ -533,15 +534,18 @@ fn multi_thread_workers_serve_and_drain() {
         .args(&["--threads", "2"])
         .start();
     let addr = server.addr;
+    let worker = server.wait_workers(1, &[])[0];
     let slow = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=1000"));
     // With two runtime threads a blocking handler leaves the other thread serving.
-    let blocked = thread::spawn(move || Conn::connect(addr).unwrap().get("/block?ms=1000"));
-    thread::sleep(Duration::from_millis(200));
-    let started = std::time::Instant::now();
+    let blocked = thread::spawn(move || Conn::connect(addr).unwrap().get("/block?ms=2000"));
+    server.wait_log("/sleep: waiting", PATIENCE);
+    server.wait_until("a runtime thread blocked in /block", || {
+        blocked_in(worker, "nanosleep").then_some(())
+    });
     assert_eq!(http::get(addr, "/").status, 200);
     assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the runtime was blocked"
+        blocked_in(worker, "nanosleep") && !blocked.is_finished(),
+        "GET / was answered only once the blocking handler returned"
     );
     server.signal(Signal::SIGTERM);
     assert_eq!(slow.join().unwrap().unwrap().status, 200);

@@ -51,9 +51,11 @@ pub fn distinct<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> usize {
 }
 
 /// A tokio runtime for a test's async clients (HTTP/2, websockets). The test process itself
-/// never forks; the servers it starts do.
+/// never forks; the servers it starts do. Spawned tasks run on a thread of their own, so that
+/// a test may block in `block_on` waiting for the server while its requests go on.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Reading `/proc`: processes and their parents, groups and states, what a thread is blocked
-//! in, CPU time, memory and sockets.
+//! in, CPU time, memory, sockets, and the kernel's accept queues.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use nix::unistd::Pid;
@@ -82,6 +83,32 @@ pub fn blocked_in(pid: Pid, symbol: &str) -> bool {
         .flatten()
         .any(|task| {
             std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w.contains(symbol))
+        })
+}
+
+/// How many connections wait in the accept queue of the socket listening on `addr` (IPv4),
+/// from `/proc/net/tcp`, where a listener's receive queue is its accept queue; `None` if
+/// nothing listens there.
+pub fn accept_queue(addr: SocketAddr) -> Option<usize> {
+    const LISTEN: &str = "0A";
+    let SocketAddr::V4(v4) = addr else {
+        panic!("accept_queue reads /proc/net/tcp, for IPv4 only: {addr}");
+    };
+    // The address as the kernel prints it: the IPv4 address in host byte order, then the port.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .ok()?
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[1] == local && f[3] == LISTEN)
+        .and_then(|f| {
+            let (_, rx) = f[4].split_once(':')?;
+            usize::from_str_radix(rx, 16).ok()
         })
 }
 
