@@ -481,9 +481,11 @@ fn a_stopped_server_leaves_no_process_and_frees_the_port() {
     server.signal(Signal::SIGTERM);
     let (status, took) = server.expect_exit(PATIENCE);
     assert!(status.success());
-    // Nothing to drain: the stop is immediate (a few ms; the bound is loose for slow CI).
+    // Nothing to drain: the stop is immediate, a few ms. The bound is loose for a loaded CI
+    // machine, yet below the 1 s linger and the master's 1 s poll timer, which a stop waiting
+    // for something it need not would take.
     assert!(
-        took < Duration::from_millis(300),
+        took < Duration::from_millis(500),
         "an idle stop took {took:?}"
     );
     assert!(wait_dead(&workers, PATIENCE));
