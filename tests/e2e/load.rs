@@ -121,13 +121,21 @@ impl Load {
 
     /// Stops the clients (each finishes its current request, bounded by the client timeouts)
     /// and adds up what they saw.
-    pub fn finish(self) -> Tally {
+    pub fn finish(mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
-        for client in self.clients {
+        for client in std::mem::take(&mut self.clients) {
             total.add(client.join().expect("a load client panicked"));
         }
         total
+    }
+}
+
+impl Drop for Load {
+    /// A test that fails before `finish` leaves no client retrying a stopped server for the
+    /// rest of the suite.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

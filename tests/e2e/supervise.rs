@@ -137,8 +137,8 @@ fn ttin_and_ttou_scale_but_never_below_one() {
     assert!(two.iter().all(|w| three.contains(w)));
     for n in 1..=4 {
         server.signal(Signal::SIGTTOU);
-        // Signals of one kind sent together coalesce into one: each TTOU is sent after the
-        // master logged the WINCH sent after the one before, so it has taken that one.
+        // Two TTOUs pending at once count as one. WINCH, which the master only logs, is a
+        // barrier: once its line is there, the TTOU sent before it has been taken too.
         server.signal(Signal::SIGWINCH);
         server.wait_log_count("ignoring SIGWINCH", n, PATIENCE);
     }
