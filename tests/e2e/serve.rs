@@ -538,9 +538,9 @@ fn multi_thread_workers_serve_and_drain() {
     let addr = server.addr;
     let worker = server.wait_workers(1, &[])[0];
     let slow = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=1000"));
+    server.wait_log("/sleep: waiting", PATIENCE);
     // With two runtime threads a blocking handler leaves the other thread serving.
     let blocked = thread::spawn(move || Conn::connect(addr).unwrap().get("/block?ms=2000"));
-    server.wait_log("/sleep: waiting", PATIENCE);
     server.wait_until("a runtime thread blocked in /block", || {
         blocked_in(worker, "nanosleep").then_some(())
     });
