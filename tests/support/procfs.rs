@@ -7,16 +7,16 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 /// The fields of `/proc/PID/stat` the tests and the benchmark look at.
-pub struct Stat {
+struct Stat {
     /// `R`, `S`, `D`, `Z`, ...
-    pub state: char,
-    pub ppid: i32,
-    pub pgrp: i32,
+    state: char,
+    ppid: i32,
+    pgrp: i32,
     /// utime + stime, in clock ticks.
-    pub cpu_ticks: u64,
+    cpu_ticks: u64,
 }
 
-pub fn stat(pid: Pid) -> Option<Stat> {
+fn stat(pid: Pid) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses; the fields start after the last ')'.
     let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
