@@ -58,8 +58,10 @@ struct Millis {
     ms: u64,
 }
 
-/// Waits without holding the runtime: a slow request in flight.
+/// Waits without holding the runtime: a slow request in flight. It logs when it starts, so
+/// that a test knows the request is in the handler before it signals the server.
 async fn sleep(Query(Millis { ms }): Query<Millis>) -> String {
+    tracing::info!("/sleep: waiting {ms} ms");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms} ms\n")
 }

@@ -4,7 +4,8 @@
 use crate::Bench;
 use crate::load::{self, Generator, Mode, Spec};
 use crate::report::{Row, Table, median, ratio};
-use crate::server::{PATIENCE, Server};
+use crate::server;
+use crate::support::PATIENCE;
 use crate::throughput::spread;
 
 /// Workers in this section, whatever the machine: the target is stated for two.
@@ -12,17 +13,8 @@ const WORKERS: usize = 2;
 const TARGET: f64 = 1.3;
 
 pub fn accept_balance(b: &Bench) -> Table {
-    let server = Server::spawn(
-        &b.bins.demo,
-        &[
-            "serve",
-            "--workers",
-            &WORKERS.to_string(),
-            "--bind",
-            "127.0.0.1:0",
-        ],
-    );
-    server.wait_log("worker(s) ready", 0, PATIENCE);
+    let server = server::demo(WORKERS, &[]);
+    server.wait_log("worker(s) ready", PATIENCE);
     let workers = server.workers();
     let mut table = Table::new(format!(
         "4. Accept balance: requests served per worker, prefork (demo app) --workers {WORKERS}, \

@@ -14,7 +14,8 @@ use nix::sys::signal::Signal;
 use crate::Bench;
 use crate::load::{connect, get_ok};
 use crate::report::{Row, Table, median_duration, ms, ratio};
-use crate::server::{PATIENCE, Server};
+use crate::server;
+use crate::support::{PATIENCE, Server};
 
 const IDLE: [usize; 3] = [0, 100, 1000];
 /// prefork's default `--linger` (src/config: `linger: Duration::from_secs(1)`).
@@ -41,10 +42,7 @@ pub fn drain_latency(b: &Bench) -> Table {
     for conns in IDLE {
         let base: Vec<Stop> = (0..rounds)
             .map(|_| {
-                let server = Server::spawn(
-                    &b.bins.baseline,
-                    &["--threads", &n, "--bind", "127.0.0.1:0"],
-                );
+                let server = server::baseline(b.workers);
                 stop_with_idle(b, server, conns)
             })
             .collect();
@@ -52,14 +50,14 @@ pub fn drain_latency(b: &Bench) -> Table {
         for linger in [Some(Duration::ZERO), None] {
             let window = linger.unwrap_or(DEFAULT_LINGER);
             let linger_arg = format!("{}ms", window.as_millis());
-            let mut args = vec!["serve", "--workers", &n, "--bind", "127.0.0.1:0"];
-            if linger.is_some() {
-                args.extend(["--linger", &linger_arg]);
-            }
+            let args = match linger {
+                Some(_) => vec!["--linger", &linger_arg],
+                None => vec![],
+            };
             let pre: Vec<Stop> = (0..rounds)
                 .map(|_| {
-                    let server = Server::spawn(&b.bins.demo, &args);
-                    server.wait_log("worker(s) ready", 0, PATIENCE);
+                    let server = server::demo(b.workers, &args);
+                    server.wait_log("worker(s) ready", PATIENCE);
                     stop_with_idle(b, server, conns)
                 })
                 .collect();

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use nix::unistd::Pid;
 use tokio::net::TcpStream;
 
-use crate::server::{Mem, cpu_time, mem, own_cpu_time, sockets};
+use crate::support::procfs::{Mem, cpu_time, mem, own_cpu_time, sockets};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -32,18 +32,20 @@ mod report;
 mod server;
 mod throughput;
 
+// Shared with the end-to-end tests; `pub` so that what only the tests use is not dead code here.
+#[path = "../../tests/support/mod.rs"]
+pub mod support;
+
 use std::time::Duration;
 
 use load::Generator;
 use report::Table;
-use server::Bins;
 
 const SECTIONS: [&str; 5] = ["throughput", "static", "process", "balance", "drain"];
 
-/// Everything a section needs: the settings, the binaries and a runtime for the drain section's
-/// idle connections (the load generator builds its own, one per thread).
+/// Everything a section needs: the settings and a runtime for the drain section's idle
+/// connections (the load generator builds its own, one per thread).
 pub struct Bench {
-    pub bins: Bins,
     pub rt: tokio::runtime::Runtime,
     pub cpus: usize,
     pub workers: usize,
@@ -83,8 +85,8 @@ impl Bench {
         };
         let secs: f64 = env_or("PREFORK_BENCH_SECS", 2.0);
         assert!(secs > 0.0, "PREFORK_BENCH_SECS must be positive");
+        server::build_examples();
         Bench {
-            bins: Bins::locate(),
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(client_threads)
                 .enable_all()

@@ -10,7 +10,9 @@ use nix::unistd::Pid;
 use crate::Bench;
 use crate::load::{self, Generator, Mode, Spec};
 use crate::report::{Row, Table, median_duration, mib, ms};
-use crate::server::{Mem, PATIENCE, Server, mem, probe};
+use crate::server::{self, probe};
+use crate::support::procfs::{Mem, mem};
+use crate::support::{PATIENCE, Server};
 
 /// Starts timed per server.
 const STARTS: usize = 5;
@@ -26,12 +28,10 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     std::fs::write(dir.path().join("index.html"), "Hello, World!").expect("write index.html");
     let root = dir.path().to_str().expect("a UTF-8 path");
-    let demo_args = ["serve", "--workers", &n, "--bind", "127.0.0.1:0"];
-    let base_args = ["--threads", &n, "--bind", "127.0.0.1:0"];
-    let demo = || Server::spawn(&b.bins.demo, &demo_args);
-    let statics = || b.bins.static_prefork(&n, root);
-    let base = || Server::spawn(&b.bins.baseline, &base_args);
-    let base_static = || b.bins.static_baseline(&n, root);
+    let demo = || server::demo(b.workers, &[]);
+    let statics = || server::static_prefork(b.workers, root);
+    let base = || server::baseline(b.workers);
+    let base_static = || server::static_baseline(b.workers, root);
 
     // Start-up, timed from just before exec, the three servers in turns.
     let mut demo_starts = Vec::new();
@@ -51,7 +51,7 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
     ));
     {
         let (pre, base) = (statics(), base_static());
-        pre.wait_log("worker(s) ready", 0, PATIENCE);
+        pre.wait_log("worker(s) ready", PATIENCE);
         std::thread::sleep(settle);
         let (pre_idle, base_idle) = (mems(&pre.processes()), mems(&[base.pid()]));
         memory_rows(
@@ -63,7 +63,7 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
         );
     }
     let pre = demo();
-    pre.wait_log("worker(s) ready", 0, PATIENCE);
+    pre.wait_log("worker(s) ready", PATIENCE);
     let base = base();
     std::thread::sleep(settle);
     let pre_idle = mems(&pre.processes());
@@ -222,8 +222,8 @@ struct Start {
 impl Start {
     fn of(server: Server, prefork: bool) -> Start {
         let first = first_response(&server);
-        let ready =
-            prefork.then(|| server.wait_log("worker(s) ready", 0, PATIENCE).0 - server.exec_at);
+        let ready = prefork
+            .then(|| server.wait_log_after("worker(s) ready", 0, PATIENCE).0 - server.exec_at);
         Start {
             listening: server.listening_at - server.exec_at,
             first: first - server.exec_at,
@@ -366,7 +366,7 @@ fn replace(server: &Server, victim: Pid) -> Replacement {
         );
         std::thread::sleep(Duration::from_millis(1));
     };
-    let (ready_at, _) = server.wait_log(&format!("(pid {new_pid}) ready"), skip, PATIENCE);
+    let (ready_at, _) = server.wait_log_after(&format!("(pid {new_pid}) ready"), skip, PATIENCE);
     Replacement {
         new_pid,
         ready: ready_at - killed_at,

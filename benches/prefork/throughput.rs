@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::Bench;
 use crate::load::{self, Generator, Mode, Spec, Stats};
 use crate::report::{Row, Table, median, ms, rate, ratio};
-use crate::server::{PATIENCE, Server, probe};
+use crate::server::{self, probe};
+use crate::support::{PATIENCE, Server};
 
 /// One round: the baseline's figures and prefork's, measured back to back.
 pub struct Pair {
@@ -133,15 +134,9 @@ fn expect_ok(server: &Server, path: &str, body: Option<&str>) {
 
 pub fn plaintext(b: &Bench) -> Table {
     let n = b.workers.to_string();
-    let base = Server::spawn(
-        &b.bins.baseline,
-        &["--threads", &n, "--bind", "127.0.0.1:0"],
-    );
-    let pre = Server::spawn(
-        &b.bins.demo,
-        &["serve", "--workers", &n, "--bind", "127.0.0.1:0"],
-    );
-    pre.wait_log("worker(s) ready", 0, PATIENCE);
+    let base = server::baseline(b.workers);
+    let pre = server::demo(b.workers, &[]);
+    pre.wait_log("worker(s) ready", PATIENCE);
     for s in [&base, &pre] {
         expect_ok(s, "/", Some("Hello, World!"));
     }
@@ -173,9 +168,9 @@ pub fn static_files(b: &Bench) -> Table {
     }
     let root = dir.path().to_str().expect("a UTF-8 path");
     let n = b.workers.to_string();
-    let base = b.bins.static_baseline(&n, root);
-    let pre = b.bins.static_prefork(&n, root);
-    pre.wait_log("worker(s) ready", 0, PATIENCE);
+    let base = server::static_baseline(b.workers, root);
+    let pre = server::static_prefork(b.workers, root);
+    pre.wait_log("worker(s) ready", PATIENCE);
     let mut table = Table::new(format!(
         "2. Static files: the prefork binary --workers {n} --root vs the same ServeDir in one \
          process with {n} runtime threads (keep-alive, {} connections)",

@@ -8,11 +8,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
-use super::harness::{Bin, PATIENCE, Server, children_of, run};
-use super::http;
+use super::http::{self, Conn};
 use super::load::Load;
+use super::support::procfs::{accept_queue, children_of, status_line, zombies_of};
+use super::support::{Bin, PATIENCE, Server, run};
 
 /// A fake `NOTIFY_SOCKET`: every datagram the server sends, with the time it arrived.
 struct Notifications {
@@ -90,14 +90,24 @@ fn systemd_hears_ready_reloading_and_stopping_in_order() {
     assert!(failed.contains("STATUS=reload failed: "), "{failed}");
     assert!(failed.contains("keepalive"), "{failed}");
 
-    // STOPPING=1 is the first thing a stop does.
-    let signalled = Instant::now();
+    // STOPPING=1 is the first thing a stop does: it comes while a request is still in flight,
+    // not once the drain is over.
+    let addr = server.addr;
+    let slow = thread::spawn(move || {
+        let response = Conn::connect(addr).unwrap().get("/sleep?ms=1000");
+        (response, Instant::now())
+    });
+    server.wait_log("/sleep: waiting", PATIENCE);
     server.signal(Signal::SIGTERM);
-    let (at, stopping, _) = notes.until("STOPPING=1");
-    let took = at - signalled;
+    let (stopping_at, stopping, _) = notes.until("STOPPING=1");
+    let (response, answered_at) = slow.join().unwrap();
+    assert_eq!(
+        response.expect("the request in flight completes").status,
+        200
+    );
     assert!(
-        took < Duration::from_millis(100),
-        "STOPPING=1 came {took:?} after TERM: {stopping}"
+        stopping_at < answered_at,
+        "STOPPING=1 came only after the drain: {stopping}"
     );
     // The drain may outlast a short TimeoutStopSec: systemd is asked to wait for it.
     let (_, extend, _) = notes.until("EXTEND_TIMEOUT_USEC=");
@@ -156,6 +166,7 @@ fn socket_activation_by_systemd_socket_activate_serves() {
         loop {
             match http::try_get(addr, "/") {
                 Err(http::Failure::Refused) if Instant::now() < until => {
+                    // The polling interval: nothing listens yet, and a refusal is no event.
                     thread::sleep(Duration::from_millis(10));
                 }
                 other => return other,
@@ -224,15 +235,20 @@ fn a_restart_under_socket_activation_refuses_nothing() {
     };
     let mut first = start();
     assert_eq!(first.addr, addr);
-    let load = Load::keepalive(addr, 16, "/");
-    thread::sleep(Duration::from_millis(300));
+    const CLIENTS: usize = 16;
+    let load = Load::keepalive(addr, CLIENTS, "/");
+    load.wait_each_served();
     first.signal(Signal::SIGTERM);
     let (status, _) = first.expect_exit(PATIENCE);
     assert!(status.success());
-    // Nobody accepts now; clients queue in the socket the holder keeps open.
-    thread::sleep(Duration::from_millis(200));
+    // Nobody accepts now; every client queues in the socket the holder keeps open.
+    first.wait_until(format!("{CLIENTS} clients in the accept queue"), || {
+        (accept_queue(addr) == Some(CLIENTS)).then_some(())
+    });
+    let served_by_first = load.served();
     let mut second = start();
-    thread::sleep(Duration::from_millis(300));
+    // The second server answers every queued client, and the load goes on.
+    load.wait_served(served_by_first + 2 * CLIENTS as u64);
     second.signal(Signal::SIGTERM);
     load.signalled();
     let (status, _) = second.expect_exit(PATIENCE);
@@ -264,48 +280,22 @@ fn as_pid_1_the_master_reaps_orphans_and_handles_term() {
         let body = http::get(server.addr, "/orphan").text();
         assert!(body.starts_with("orphan "), "{body}");
     }
-    // The orphans sleep 200 ms, then exit, and must not stay zombies.
-    thread::sleep(Duration::from_millis(800));
+    // The orphans sleep 200 ms, then exit; the master itself reaps them, re-parented to it,
+    // PID 1, and none stays a zombie.
+    server.wait_log_count("not a worker", 10, PATIENCE);
     let zombies = zombies_of(master);
     assert!(zombies.is_empty(), "zombies left under PID 1: {zombies:?}");
-    // The master itself reaped them: they were re-parented to it, PID 1.
-    assert!(server.count_log("not a worker") >= 10, "{}", server.log());
     nix::sys::signal::kill(master, Signal::SIGTERM).unwrap();
     let (status, _) = server.expect_exit(PATIENCE);
     assert!(status.success(), "{status:?}");
 }
 
-fn zombies_of(parent: Pid) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 1 && fields[0] == "Z" && fields[1] == parent.as_raw().to_string()
-        })
-        .collect()
-}
-
-fn status_line(pid: Pid, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn privileges_are_dropped_in_master_and_workers_after_binding() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: dropping privileges needs root; run the suite as root to test it");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "dropping privileges needs root: run the suite as root (CI does)"
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(dir.path().join("index.html"), "hi").unwrap();
@@ -331,8 +321,9 @@ fn privileges_are_dropped_in_master_and_workers_after_binding() {
     let mut processes = server.workers();
     processes.push(server.pid());
     for pid in processes {
-        let uid = status_line(pid, "Uid:");
-        let gid = status_line(pid, "Gid:");
+        let line = |key| status_line(pid, key).unwrap_or_else(|| panic!("{pid}: no {key}"));
+        let uid = line("Uid:");
+        let gid = line("Gid:");
         assert_eq!(
             uid.split_whitespace().skip(1).collect::<Vec<_>>(),
             vec![nobody.to_string(); 4],
@@ -343,7 +334,7 @@ fn privileges_are_dropped_in_master_and_workers_after_binding() {
             vec![nogroup.to_string(); 4],
             "{pid}: {gid}"
         );
-        let groups = status_line(pid, "Groups:");
+        let groups = line("Groups:");
         assert!(
             !groups.split_whitespace().any(|g| g == "0"),
             "{pid} kept root's group: {groups}"

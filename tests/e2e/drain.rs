@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::h2;
-use super::harness::{Bin, PATIENCE, Server, wait_dead};
 use super::http::{self, Conn};
 use super::load::{Load, Tally};
+use super::support::procfs::{accept_queue, blocked_in, wait_dead};
+use super::support::{Bin, PATIENCE, Server};
 
 /// 32 clients sending as fast as they can on keep-alive connections; TERM at 20 different
 /// moments, each on a fresh server.
@@ -20,7 +21,9 @@ fn term_under_keepalive_load_loses_nothing() {
         // Each round prints its own tally; the sum is checked and printed at the end.
         let mut server = Server::start(Bin::Demo, 2);
         let load = Load::keepalive(server.addr, 32, "/");
-        thread::sleep(Duration::from_millis(50 + (round * 37) % 250));
+        load.wait_each_served();
+        // The moment of the TERM into the running load, varied on purpose: the subject here.
+        thread::sleep(Duration::from_millis((round * 37) % 250));
         server.signal(Signal::SIGTERM);
         load.signalled();
         let (status, _) = server.expect_exit(PATIENCE);
@@ -40,7 +43,8 @@ fn slow_requests_in_flight_and_steady_load_lose_nothing() {
         .map(|_| thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=3000")))
         .collect();
     let load = Load::keepalive(addr, 16, "/");
-    thread::sleep(Duration::from_millis(500));
+    server.wait_log_count("/sleep: waiting", 8, PATIENCE);
+    load.wait_each_served();
     server.signal(Signal::SIGTERM);
     load.signalled();
     for request in slow {
@@ -65,8 +69,11 @@ fn a_full_accept_backlog_is_served_not_reset() {
         .args(&["--backlog", &QUEUED.to_string()])
         .start();
     let addr = server.addr;
+    let worker = server.wait_workers(1, &[])[0];
     let blocker = thread::spawn(move || Conn::connect(addr).unwrap().get("/block?ms=1500"));
-    thread::sleep(Duration::from_millis(200));
+    server.wait_until("the worker blocked in /block", || {
+        blocked_in(worker, "nanosleep").then_some(())
+    });
     let mut queued: Vec<Conn> = (0..QUEUED)
         .map(|_| {
             let mut conn = Conn::connect(addr).expect("the kernel completes the handshake");
@@ -74,6 +81,9 @@ fn a_full_accept_backlog_is_served_not_reset() {
             conn
         })
         .collect();
+    server.wait_until(format!("{QUEUED} connections in the accept queue"), || {
+        (accept_queue(addr) == Some(QUEUED)).then_some(())
+    });
     server.signal(Signal::SIGTERM);
     for (i, conn) in queued.iter_mut().enumerate() {
         let response = conn
@@ -91,8 +101,12 @@ fn a_full_accept_backlog_is_served_not_reset() {
 fn http2_streams_open_at_the_signal_finish_and_idle_connections_get_goaway_at_once() {
     use http_body_util::BodyExt;
 
-    let mut server = Server::start(Bin::Demo, 1);
-    let rt = super::harness::runtime();
+    // A linger far longer than the streams: an idle HTTP/2 connection kept for it would be
+    // closed only after them.
+    let mut server = Server::builder(Bin::Demo, 1)
+        .args(&["--linger", "5s"])
+        .start();
+    let rt = super::support::runtime();
     let url = |path: &str| server.url(path);
     rt.block_on(async {
         let connect = || h2::connect(server.addr);
@@ -104,16 +118,19 @@ fn http2_streams_open_at_the_signal_finish_and_idle_connections_get_goaway_at_on
         let streams: Vec<_> = (0..10)
             .map(|_| tokio::spawn(get(&mut busy, "/sleep?ms=1500")))
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.wait_log_count("/sleep: waiting", 10, PATIENCE);
         server.signal(Signal::SIGTERM);
-        let signalled = Instant::now();
-        // The idle connection is told to go away at once, not after the HTTP/1 linger.
-        tokio::time::timeout(Duration::from_millis(800), idle_conn)
+        // The idle connection is told to go away at once, not after the HTTP/1 linger: while
+        // the streams are still in flight.
+        tokio::time::timeout(PATIENCE, idle_conn)
             .await
-            .expect("the idle HTTP/2 connection was not closed promptly")
+            .expect("the idle HTTP/2 connection was never closed")
             .unwrap()
             .unwrap();
-        assert!(signalled.elapsed() < Duration::from_millis(800));
+        assert!(
+            streams.iter().all(|s| !s.is_finished()),
+            "the idle HTTP/2 connection was closed only after the streams"
+        );
         for stream in streams {
             let response = tokio::time::timeout(PATIENCE, stream)
                 .await
@@ -142,24 +159,42 @@ fn websockets_get_going_away_and_event_streams_end_cleanly() {
 
     let mut server = Server::start(Bin::Demo, 2);
     let addr = server.addr;
+    let (ticked, first_ticks) = std::sync::mpsc::channel();
     let streams: Vec<_> = (0..5)
-        .map(|_| {
+        .map(|i| {
+            let ticked = ticked.clone();
             thread::spawn(move || {
                 let mut conn = Conn::connect(addr).unwrap();
-                conn.request("GET", "/sse", &[("Accept", "text/event-stream")])
+                let accept = [("Accept", "text/event-stream")];
+                conn.request_streaming("GET", "/sse", &accept, |chunk| {
+                    if String::from_utf8_lossy(chunk).contains("data: tick") {
+                        let _ = ticked.send(i);
+                    }
+                })
             })
         })
         .collect();
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     let closes = rt.block_on(async {
         let mut sockets = Vec::new();
         for _ in 0..5 {
-            let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
                 .await
                 .unwrap();
+            // A first tick: the handler runs.
+            let first = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap();
+            assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
             sockets.push(ws);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every event stream is streaming: each has sent an event.
+        let mut streaming = std::collections::HashSet::new();
+        while streaming.len() < 5 {
+            streaming.insert(
+                first_ticks
+                    .recv_timeout(PATIENCE)
+                    .expect("an event on each stream"),
+            );
+        }
         server.signal(Signal::SIGTERM);
         let signalled = Instant::now();
         let mut closes = Vec::new();
@@ -208,7 +243,7 @@ fn a_handler_that_ignores_the_drain_is_cut_at_the_deadline() {
     let mut server = Server::builder(Bin::Demo, 1)
         .args(&["--graceful-timeout", "2s"])
         .start();
-    let rt = super::harness::runtime();
+    let rt = super::support::runtime();
     let _ws = rt.block_on(async {
         tokio_tungstenite::connect_async(format!("ws://{}/ws-quiet", server.addr))
             .await
@@ -228,7 +263,7 @@ fn a_handler_that_ignores_the_drain_is_cut_at_the_deadline() {
 fn term_to_the_whole_process_group_loses_nothing() {
     let mut server = Server::start(Bin::Demo, 2);
     let load = Load::keepalive(server.addr, 16, "/");
-    thread::sleep(Duration::from_millis(300));
+    load.wait_each_served();
     server.signal_group(Signal::SIGTERM);
     load.signalled();
     let (status, _) = server.expect_exit(PATIENCE);
@@ -250,7 +285,8 @@ fn workers_drain_and_exit_when_the_master_is_killed() {
         .map(|_| thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=1500")))
         .collect();
     let load = Load::keepalive(addr, 8, "/");
-    thread::sleep(Duration::from_millis(300));
+    server.wait_log_count("/sleep: waiting", 4, PATIENCE);
+    load.wait_each_served();
     server.signal(Signal::SIGKILL);
     load.signalled();
     for request in slow {
@@ -308,7 +344,7 @@ fn shutdown_delay_keeps_serving_while_health_checks_fail() {
 fn the_load_tool_counts_what_a_killed_server_loses() {
     let server = Server::start(Bin::Demo, 2);
     let load = Load::keepalive(server.addr, 8, "/sleep?ms=300");
-    thread::sleep(Duration::from_millis(500));
+    load.wait_each_served();
     server.signal_group(Signal::SIGKILL);
     load.signalled();
     let tally = load.finish();

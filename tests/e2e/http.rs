@@ -5,7 +5,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::harness::PATIENCE;
+use super::support::PATIENCE;
 
 #[derive(Debug)]
 pub struct Response {
@@ -103,23 +103,42 @@ impl Conn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response, Failure> {
+        self.request_streaming(method, path, headers, |_| {})
+    }
+
+    /// Like [`Conn::request`], handing each chunk of a chunked body to `each` as it comes, so
+    /// that a test sees a stream's progress before it ends.
+    pub fn request_streaming(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<Response, Failure> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
         self.send(req.as_bytes())?;
-        self.read_response(method == "HEAD")
+        let mut got_bytes = false;
+        self.read_inner(method == "HEAD", &mut got_bytes, &mut each)
+            .map_err(|e| Failure::of(&e, got_bytes))
     }
 
     /// Reads one response; `head` for a response to HEAD, which has no body.
     pub fn read_response(&mut self, head: bool) -> Result<Response, Failure> {
         let mut got_bytes = false;
-        self.read_inner(head, &mut got_bytes)
+        self.read_inner(head, &mut got_bytes, &mut |_| {})
             .map_err(|e| Failure::of(&e, got_bytes))
     }
 
-    fn read_inner(&mut self, head: bool, got_bytes: &mut bool) -> io::Result<Response> {
+    fn read_inner(
+        &mut self,
+        head: bool,
+        got_bytes: &mut bool,
+        each_chunk: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<Response> {
         let status_line = self.line()?;
         *got_bytes = true;
         let status: u16 = status_line
@@ -165,6 +184,7 @@ impl Conn {
                 let start = response.body.len();
                 response.body.resize(start + size, 0);
                 self.reader.read_exact(&mut response.body[start..])?;
+                each_chunk(&response.body[start..]);
                 self.line()?;
             }
         } else if let Some(len) = response.header("content-length") {

@@ -8,12 +8,13 @@
 //! never accepted: that is **refused**, the expected fate of new clients of a stopping server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::http::{Conn, Failure};
+use super::support::wait_for;
 
 /// What a run of clients saw.
 #[derive(Debug, Default)]
@@ -50,10 +51,20 @@ impl Tally {
     }
 }
 
+/// What the clients have been answered so far, for a test to wait on while they run.
+#[derive(Default)]
+struct Progress {
+    /// Requests answered with 200.
+    served: AtomicU64,
+    /// Clients answered at least once.
+    clients_served: AtomicUsize,
+}
+
 /// Clients running in threads until the server refuses them after the signal.
 pub struct Load {
     stop: Arc<AtomicBool>,
     signalled: Arc<OnceLock<Instant>>,
+    progress: Arc<Progress>,
     clients: Vec<JoinHandle<Tally>>,
 }
 
@@ -63,19 +74,43 @@ impl Load {
     pub fn keepalive(addr: SocketAddr, n: usize, path: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let signalled = Arc::new(OnceLock::new());
+        let progress = Arc::new(Progress::default());
         let clients = (0..n)
             .map(|_| {
                 let stop = Arc::clone(&stop);
                 let signalled = Arc::clone(&signalled);
+                let progress = Arc::clone(&progress);
                 let path = path.to_string();
-                std::thread::spawn(move || client(addr, &path, &stop, &signalled))
+                std::thread::spawn(move || client(addr, &path, &stop, &signalled, &progress))
             })
             .collect();
         Load {
             stop,
             signalled,
+            progress,
             clients,
         }
+    }
+
+    /// Requests answered with 200 so far.
+    pub fn served(&self) -> u64 {
+        self.progress.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` requests in all have been answered with 200.
+    pub fn wait_served(&self, n: u64) {
+        wait_for(format!("{n} requests served"), || {
+            (self.served() >= n).then_some(())
+        });
+    }
+
+    /// Waits until every client has been answered at least once: the load is flowing on every
+    /// connection, each client holding one its server has answered on.
+    pub fn wait_each_served(&self) {
+        let n = self.clients.len();
+        wait_for(format!("each of {n} clients served"), || {
+            (self.progress.clients_served.load(Ordering::Relaxed) == n).then_some(())
+        });
     }
 
     /// Records that the signal was sent now. Call it right after sending: connections opened
@@ -86,13 +121,21 @@ impl Load {
 
     /// Stops the clients (each finishes its current request, bounded by the client timeouts)
     /// and adds up what they saw.
-    pub fn finish(self) -> Tally {
+    pub fn finish(mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
-        for client in self.clients {
+        for client in std::mem::take(&mut self.clients) {
             total.add(client.join().expect("a load client panicked"));
         }
         total
+    }
+}
+
+impl Drop for Load {
+    /// A test that fails before `finish` leaves no client retrying a stopped server for the
+    /// rest of the suite.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -102,7 +145,13 @@ struct Open {
     answered: u32,
 }
 
-fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, signalled: &OnceLock<Instant>) -> Tally {
+fn client(
+    addr: SocketAddr,
+    path: &str,
+    stop: &AtomicBool,
+    signalled: &OnceLock<Instant>,
+    progress: &Progress,
+) -> Tally {
     let mut tally = Tally::default();
     let mut open: Option<Open> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -124,6 +173,7 @@ fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, signalled: &OnceLock<
                     }
                     Err(Failure::Refused) => {
                         tally.refused += 1;
+                        // Pacing: a server not listening yet is asked again, not hammered.
                         std::thread::sleep(std::time::Duration::from_millis(1));
                         continue;
                     }
@@ -136,6 +186,10 @@ fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, signalled: &OnceLock<
         };
         match current.conn.get(path) {
             Ok(response) if response.status == 200 => {
+                if tally.ok == 0 {
+                    progress.clients_served.fetch_add(1, Ordering::Relaxed);
+                }
+                progress.served.fetch_add(1, Ordering::Relaxed);
                 tally.ok += 1;
                 current.answered += 1;
                 if !response.closes() {

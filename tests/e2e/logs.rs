@@ -1,12 +1,11 @@
 //! Logs: the access log's lines, JSON output, and reopening files on SIGUSR1 for logrotate.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::harness::{Bin, PATIENCE, Server};
 use super::http::Conn;
+use super::support::{Bin, PATIENCE, Server, wait_for};
 
 fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -18,20 +17,9 @@ fn read_lines(path: &Path) -> Vec<String> {
 
 /// Waits until `path` has at least `n` lines.
 fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    let until = Instant::now() + PATIENCE;
-    loop {
-        let lines = read_lines(path);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < until,
-            "{} has {} lines, not {n}",
-            path.display(),
-            lines.len()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(format!("{n} lines in {}", path.display()), || {
+        Some(read_lines(path)).filter(|lines| lines.len() >= n)
+    })
 }
 
 #[test]
@@ -126,13 +114,12 @@ fn usr1_reopens_the_log_files_in_master_and_workers() {
     std::fs::rename(&errors, dir.path().join("error.log.1")).unwrap();
     server.signal(Signal::SIGUSR1);
     server.wait_log("reopening log files", PATIENCE);
-    // The workers reopen on the master's message; a request shortly after must land anew.
-    let until = Instant::now() + PATIENCE;
-    while read_lines(&access).is_empty() {
-        assert!(Instant::now() < until, "no access line in the new file");
+    // The workers reopen on the master's message, which they log nothing about; a request
+    // after it must land anew.
+    server.wait_until("an access line in the new file", || {
         Conn::connect(server.addr).unwrap().get("/").unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (!read_lines(&access).is_empty()).then_some(())
+    });
     let rotated_access = read_lines(&dir.path().join("access.log.1"));
     // Both workers write to the new error log when they drain.
     server.signal(Signal::SIGTERM);
@@ -159,7 +146,7 @@ fn usr1_reopens_the_log_files_in_master_and_workers() {
 
 #[test]
 fn an_unwritable_log_file_is_bad_input() {
-    let (status, stderr) = super::harness::run(
+    let (status, stderr) = super::support::run(
         Bin::Prefork,
         &["serve", "--access-logfile", "/nonexistent/dir/access.log"],
         &[],

@@ -5,10 +5,13 @@ mod deploy;
 mod docs;
 mod drain;
 mod h2;
-mod harness;
 mod http;
 mod layers;
 mod load;
 mod logs;
 mod serve;
 mod supervise;
+
+// Shared with the benchmark; `pub` so that what only the benchmark uses is not dead code here.
+#[path = "../support/mod.rs"]
+pub mod support;

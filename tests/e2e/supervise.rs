@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::harness::{Bin, PATIENCE, Server, run};
 use super::http::{self, Conn};
 use super::load::Load;
+use super::support::{Bin, PATIENCE, Server, run};
 
 fn write_config(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -28,8 +28,8 @@ fn twenty_reloads_under_load_lose_nothing() {
         server.signal(Signal::SIGHUP);
         server.wait_log_count("reload complete", n, PATIENCE);
     }
-    // The last old generation drains while the load goes on.
-    thread::sleep(Duration::from_millis(300));
+    // Every old generation drains while the load goes on, the last one too: two workers each.
+    server.wait_log_count("drained in", 2 * 20, PATIENCE);
     let last = server.wait_workers(2, &first);
     server.signal(Signal::SIGTERM);
     load.signalled();
@@ -78,12 +78,14 @@ fn reload_whose_new_workers_cannot_start_keeps_the_old_ones() {
     let load = Load::keepalive(server.addr, 8, "/");
     server.signal(Signal::SIGHUP);
     server.wait_log("reload failed", PATIENCE);
-    thread::sleep(Duration::from_millis(200));
+    // The old workers go on serving after the failure.
+    load.wait_served(load.served() + 100);
     assert_eq!(
         server.wait_workers(2, &[]),
         before,
         "the old workers were disturbed"
     );
+    assert_eq!(server.count_log(": draining"), 0, "{}", server.log());
     server.signal(Signal::SIGTERM);
     load.signalled();
     load.finish().assert_nothing_lost("failed reload");
@@ -133,14 +135,23 @@ fn ttin_and_ttou_scale_but_never_below_one() {
     server.signal(Signal::SIGTTIN);
     let three = server.wait_workers(3, &[]);
     assert!(two.iter().all(|w| three.contains(w)));
-    for _ in 0..4 {
+    for n in 1..=4 {
         server.signal(Signal::SIGTTOU);
-        thread::sleep(Duration::from_millis(50));
+        // Two TTOUs pending at once count as one. WINCH, which the master only logs, is a
+        // barrier: once its line is there, the TTOU sent before it has been taken too.
+        server.signal(Signal::SIGWINCH);
+        server.wait_log_count("ignoring SIGWINCH", n, PATIENCE);
     }
-    server.wait_workers(1, &[]);
+    let wanted: Vec<String> = server
+        .log()
+        .lines()
+        .filter_map(|l| l.split_once("SIGTTOU: ").map(|(_, w)| w.to_string()))
+        .collect();
+    assert_eq!(wanted, ["2 worker(s) wanted", "1 worker(s) wanted"]);
+    let one = server.wait_workers(1, &[]);
+    assert!(three.contains(&one[0]), "the last worker was replaced");
     assert_eq!(http::get(server.addr, "/").status, 200);
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.workers().len(), 1);
+    assert_eq!(server.workers(), one);
 }
 
 /// Killing one worker loses exactly the requests in flight on it; the other workers' requests
@@ -171,7 +182,7 @@ fn a_killed_worker_loses_only_its_own_requests() {
             thread::spawn(move || (pid, conn.get("/sleep?ms=1000").map(|r| r.status)))
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    server.wait_log_count("/sleep: waiting", requests.len(), PATIENCE);
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     for request in requests {
         let (pid, result) = request.join().unwrap();
@@ -276,8 +287,11 @@ fn a_suspended_master_does_not_kill_healthy_workers_when_it_resumes() {
         .start();
     let workers = server.wait_workers(2, &[]);
     server.signal(Signal::SIGSTOP);
+    // Suspended for more than twice the timeout while the workers beat on: the subject.
     thread::sleep(Duration::from_millis(2500));
     server.signal(Signal::SIGCONT);
+    // The subject again: a master that misread the pause as missing heartbeats would kill the
+    // workers within one timeout (1 s) of resuming; watch for longer than that.
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(server.workers(), workers);
     assert_eq!(server.count_log("no heartbeat"), 0, "{}", server.log());
@@ -291,7 +305,7 @@ fn workers_recycled_after_max_requests_lose_nothing() {
         .start();
     server.wait_workers(2, &[]);
     let load = Load::keepalive(server.addr, 8, "/");
-    thread::sleep(Duration::from_millis(1500));
+    server.wait_log_count("its replacement is ready", 5, PATIENCE);
     server.signal(Signal::SIGTERM);
     load.signalled();
     let (status, _) = server.expect_exit(PATIENCE);
