@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 
 use super::h2;
 use super::http::{self, Conn, Failure};
-use super::support::procfs::{alive, blocked_in, process_group_alive, wait_dead};
+use super::support::procfs::{alive, blocked_in, process_group_alive, runtime_threads, wait_dead};
 use super::support::{Bin, PATIENCE, Server, distinct, run};
 
 #[test]
@@ -537,21 +537,15 @@ fn multi_thread_workers_serve_and_drain() {
         .start();
     let addr = server.addr;
     let worker = server.wait_workers(1, &[])[0];
+    // Nothing has used the blocking pool yet, so every runtime thread is a scheduler thread.
+    assert_eq!(runtime_threads(worker), 2, "--threads 2 did not give two");
     let slow = thread::spawn(move || Conn::connect(addr).unwrap().get("/sleep?ms=1000"));
     server.wait_log("/sleep: waiting", PATIENCE);
-    // With two runtime threads a blocking handler leaves the other thread serving.
-    let blocked = thread::spawn(move || Conn::connect(addr).unwrap().get("/block?ms=2000"));
-    server.wait_until("a runtime thread blocked in /block", || {
-        blocked_in(worker, "nanosleep").then_some(())
-    });
+    // Whether another request is served while a handler *blocks* a thread is up to tokio (a
+    // blocked thread may hold the I/O driver), so only a request in flight is tested here.
     assert_eq!(http::get(addr, "/").status, 200);
-    assert!(
-        blocked_in(worker, "nanosleep") && !blocked.is_finished(),
-        "GET / was answered only once the blocking handler returned"
-    );
     server.signal(Signal::SIGTERM);
     assert_eq!(slow.join().unwrap().unwrap().status, 200);
-    assert_eq!(blocked.join().unwrap().unwrap().status, 200);
     let (status, _) = server.expect_exit(PATIENCE);
     assert!(status.success());
 }

@@ -86,6 +86,20 @@ pub fn blocked_in(pid: Pid, symbol: &str) -> bool {
         })
 }
 
+/// How many threads of `pid` are tokio runtime threads, by their default name: `tokio-rt-worker`,
+/// or in older tokio the 15 bytes the kernel keeps of `tokio-runtime-worker`.
+pub fn runtime_threads(pid: Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| ["tokio-rt-worker", "tokio-runtime-w"].contains(&comm.trim_end()))
+        })
+        .count()
+}
+
 /// How many connections wait in the accept queue of the socket listening on `addr` (IPv4),
 /// from `/proc/net/tcp`, where a listener's receive queue is its accept queue; `None` if
 /// nothing listens there.
