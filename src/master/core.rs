@@ -416,7 +416,6 @@ impl Core {
                 tell(worker, drain, now, out);
             }
         }
-        info!("reload complete: generation {generation} serving, the old workers draining");
         out.push(Action::Notify(Notice::Ready(self.status())));
     }
 

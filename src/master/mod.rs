@@ -327,6 +327,8 @@ impl<'a> Master<'a> {
         self.listeners = next.listeners;
         self.socket_files = listeners::socket_files(&self.listeners);
         self.config = next.config;
+        // Logged here, once the dropped addresses are closed, not where the core decided it.
+        info!("reload complete: generation {generation} serving, the old workers draining");
     }
 
     /// Removes the socket files a failed reload created for addresses that were new.
