@@ -186,7 +186,7 @@ pub fn run(threads: usize, spec: &Spec) -> Stats {
     // Each thread runs its share of the connections on a runtime of its own, as wrk's threads
     // each run an event loop. On one work-stealing runtime the client spent more CPU per
     // request against prefork than against the baseline, so the ratio measured the client
-    // (README, Performance).
+    // (docs/performance.md).
     let records: Vec<Record> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..threads)
             .map(|t| {
