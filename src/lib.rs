@@ -47,6 +47,8 @@ type Reconfigure = Box<dyn Fn() -> Result<Config, Error>>;
 pub struct Server {
     config: Config,
     reconfigure: Option<Reconfigure>,
+    /// The command line, when [`main`] parsed it: a reload then executes the binary on disk.
+    command_line: Option<Vec<std::ffi::OsString>>,
 }
 
 impl Server {
@@ -55,10 +57,20 @@ impl Server {
         Self {
             config,
             reconfigure: None,
+            command_line: None,
         }
     }
 
-    /// How a reload (SIGHUP) gets its new configuration. An error keeps the running workers
+    /// A reload executes the binary at the path this one was started from, run with
+    /// `command_line`, in the master's own pid: the way to deploy new code. Only [`main`] knows
+    /// a command line the binary on disk understands, so only it sets this.
+    fn upgrades(mut self, command_line: Vec<std::ffi::OsString>) -> Self {
+        self.command_line = Some(command_line);
+        self
+    }
+
+    /// How a reload (SIGHUP) gets its new configuration, when it does not execute a new binary
+    /// (see [`main`]). An error keeps the running workers
     /// and is logged. Default: the configuration the server started with, so a reload
     /// replaces every worker with a fresh one.
     pub fn reload_with(
@@ -97,7 +109,7 @@ impl Server {
             Some(f) => f.as_ref(),
             None => &same,
         };
-        match master::Master::start(self.config, reconfigure)?.run() {
+        match master::Master::start(self.config, reconfigure, self.command_line)?.run() {
             master::Ran::Stopped(result) => result,
             master::Ran::Worker(handoff) => {
                 let code = worker::run(*handoff, &factory);
@@ -137,6 +149,7 @@ where
             ExitCode::SUCCESS
         }
         Ok(cli::Action::Serve(config)) => match Server::new(config)
+            .upgrades(args.clone())
             .reload_with(move || cli::reload(&args))
             .serve(factory)
         {

@@ -88,6 +88,16 @@ pub(crate) enum Event {
     /// The outcome of [`Action::PrepareReload`]: the new configuration read and its addresses
     /// bound, or why not.
     ReloadPrepared(Result<Settings, String>),
+    /// The outcome of [`Action::Preflight`]: the check of the new binary runs as this child, or
+    /// could not be started.
+    Preflight(Result<Pid, String>),
+    /// The check of the new binary ended, with the first line it wrote to standard error.
+    PreflightDone {
+        status: WorkerExit,
+        output: String,
+    },
+    /// [`Action::Exec`] returned: the new binary could not be executed.
+    ExecFailed(String),
 }
 
 /// Something for the shell to do.
@@ -114,6 +124,12 @@ pub(crate) enum Action {
     PrepareReload {
         generation: u32,
     },
+    /// Run the binary at the path the master started from in `check` mode; answer with
+    /// [`Event::Preflight`], then [`Event::PreflightDone`] once it ends.
+    Preflight,
+    /// Execute the new binary in this pid, handing the workers and listeners over; only
+    /// returns, with [`Event::ExecFailed`], if that failed.
+    Exec,
     /// `generation` serves now: its configuration and listeners replace the old ones.
     CommitReload {
         generation: u32,
@@ -167,9 +183,32 @@ struct Reload {
     generation: u32,
     /// Whether every worker was ready before: where a failed reload returns to.
     was_serving: bool,
-    /// `None` while the new configuration is being read.
-    settings: Option<Settings>,
-    deadline: Instant,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// The new binary is checked before it replaces this image (an upgrade); `pid` is the
+    /// check's, once started.
+    Checking { pid: Option<Pid>, deadline: Instant },
+    /// The new configuration is being read.
+    Preparing,
+    /// The new generation starts.
+    Starting {
+        settings: Settings,
+        deadline: Instant,
+    },
+}
+
+/// Where a master was, for the image that replaces it on an upgrade.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: u32,
+    pub(crate) target: usize,
+    /// `workers` as the serving generation's configuration said.
+    pub(crate) configured: usize,
+    pub(crate) was_serving: bool,
+    pub(crate) workers: Vec<Worker>,
 }
 
 pub(crate) struct Core {
@@ -184,11 +223,13 @@ pub(crate) struct Core {
     slots: Vec<Slot>,
     /// Whether systemd listens: only then are status and stop extensions worth computing.
     systemd: bool,
+    /// Whether a reload executes the binary on disk (the master knows its command line).
+    upgrade: bool,
     last_tick: Instant,
 }
 
 impl Core {
-    pub(crate) fn new(settings: Settings, systemd: bool, now: Instant) -> Self {
+    pub(crate) fn new(settings: Settings, systemd: bool, upgrade: bool, now: Instant) -> Self {
         Self {
             state: State::Booting { failures: 0 },
             target: settings.workers,
@@ -197,7 +238,56 @@ impl Core {
             workers: Vec::new(),
             slots: Vec::new(),
             systemd,
+            upgrade,
             last_tick: now,
+        }
+    }
+
+    /// The core of a master image that an upgrade executed: it serves with the workers of
+    /// `snapshot`, and is reloading; the shell answers at once with [`Event::ReloadPrepared`].
+    /// `settings` are the new configuration's.
+    pub(crate) fn adopt(
+        settings: Settings,
+        snapshot: Snapshot,
+        systemd: bool,
+        now: Instant,
+    ) -> Self {
+        let mut workers = snapshot.workers;
+        for worker in &mut workers {
+            // Heartbeats were not read while the image changed; they are not missing.
+            worker.last_beat = now;
+        }
+        Self {
+            state: State::Reloading(Reload {
+                generation: snapshot.generation + 1,
+                was_serving: snapshot.was_serving,
+                phase: Phase::Preparing,
+            }),
+            settings: Settings {
+                workers: snapshot.configured,
+                ..settings
+            },
+            target: snapshot.target,
+            generation: snapshot.generation,
+            workers,
+            slots: Vec::new(),
+            systemd,
+            upgrade: true,
+            last_tick: now,
+        }
+    }
+
+    /// Where this master is, for the image an upgrade executes.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            target: self.target,
+            configured: self.settings.workers,
+            was_serving: match &self.state {
+                State::Reloading(reload) => reload.was_serving,
+                state => matches!(state, State::Serving),
+            },
+            workers: self.workers.clone(),
         }
     }
 
@@ -228,6 +318,15 @@ impl Core {
                 }
             }
             Event::ReloadPrepared(result) => self.on_reload_prepared(result, now, &mut out),
+            Event::Preflight(result) => self.on_preflight(result, &mut out),
+            Event::PreflightDone { status, output } => {
+                self.on_preflight_done(status, &output, &mut out);
+            }
+            Event::ExecFailed(why) => {
+                if self.checking().is_some() {
+                    self.reload_failed(&format!("cannot execute the new binary: {why}"), &mut out);
+                }
+            }
         }
         out
     }
@@ -239,6 +338,13 @@ impl Core {
             if let Some(at) = worker.kill_at {
                 wake = wake.min(at);
             }
+        }
+        if let State::Reloading(Reload {
+            phase: Phase::Checking { deadline, .. } | Phase::Starting { deadline, .. },
+            ..
+        }) = &self.state
+        {
+            wake = wake.min(*deadline);
         }
         if !matches!(self.state, State::Stopping(_)) {
             for slot in self.slots.iter().take(self.target) {
@@ -262,7 +368,7 @@ impl Core {
         match sig {
             Signal::SIGTERM => self.on_term(now, out),
             Signal::SIGINT | Signal::SIGQUIT => self.on_quit(sig, now, out),
-            Signal::SIGHUP => self.on_hup(now, out),
+            Signal::SIGHUP | Signal::SIGUSR2 => self.on_hup(sig, now, out),
             Signal::SIGUSR1 => {
                 info!("SIGUSR1: reopening log files");
                 out.push(Action::ReopenLogs);
@@ -320,32 +426,82 @@ impl Core {
         }
     }
 
-    /// Reload: the shell reads the configuration again and binds any new address; then a new
-    /// generation starts, and the old one drains only once every new worker is ready.
-    fn on_hup(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// Reload: with an upgrade, the binary on disk is checked and executed in this pid first,
+    /// and the new image goes on from here; then the configuration is read again and any new
+    /// address bound, a new generation starts, and the old one drains only once every new
+    /// worker is ready.
+    fn on_hup(&mut self, sig: Signal, now: Instant, out: &mut Vec<Action>) {
         match self.state {
             State::Stopping(_) => return,
             State::Reloading(_) => {
-                info!("SIGHUP: a reload is already under way");
+                info!("{sig}: a reload is already under way");
                 return;
             }
             State::Booting { .. } => {
                 // No worker could be built yet; the boot either succeeds or ends the master.
-                info!("SIGHUP: ignored until a worker has booted");
+                info!("{sig}: ignored until a worker has booted");
                 return;
             }
             State::Starting | State::Serving => {}
         }
         let generation = self.generation + 1;
+        let phase = if self.upgrade {
+            Phase::Checking {
+                pid: None,
+                deadline: now + self.settings.reload_timeout,
+            }
+        } else {
+            Phase::Preparing
+        };
         self.state = State::Reloading(Reload {
             generation,
             was_serving: matches!(self.state, State::Serving),
-            settings: None,
-            // Set again once the configuration is read, from its own reload timeout.
-            deadline: now,
+            phase,
         });
         out.push(Action::Notify(Notice::Reloading));
-        out.push(Action::PrepareReload { generation });
+        if self.upgrade {
+            info!("{sig}: checking the binary on disk before executing it");
+            out.push(Action::Preflight);
+        } else {
+            out.push(Action::PrepareReload { generation });
+        }
+    }
+
+    /// The check of the new binary, while it runs: its pid slot and deadline.
+    fn checking(&mut self) -> Option<(&mut Option<Pid>, Instant)> {
+        match &mut self.state {
+            State::Reloading(Reload {
+                phase: Phase::Checking { pid, deadline },
+                ..
+            }) => Some((pid, *deadline)),
+            _ => None,
+        }
+    }
+
+    fn on_preflight(&mut self, result: Result<Pid, String>, out: &mut Vec<Action>) {
+        let Some((slot, _)) = self.checking() else {
+            return;
+        };
+        match result {
+            Ok(pid) => *slot = Some(pid),
+            Err(why) => self.reload_failed(&format!("cannot run the new binary: {why}"), out),
+        }
+    }
+
+    fn on_preflight_done(&mut self, status: WorkerExit, output: &str, out: &mut Vec<Action>) {
+        if self.checking().is_none() {
+            return;
+        }
+        if status == WorkerExit::Code(0) {
+            info!("the new binary accepts the configuration: executing it");
+            return out.push(Action::Exec);
+        }
+        let why = if output.is_empty() {
+            format!("the new binary's check {status}")
+        } else {
+            format!("the new binary's check {status}: {output}")
+        };
+        self.reload_failed(&why, out);
     }
 
     fn on_reload_prepared(
@@ -358,13 +514,20 @@ impl Core {
             return;
         };
         match result {
-            Ok(settings) => {
+            Ok(mut settings) => {
+                // Workers added or removed by TTIN/TTOU stay, unless the configuration
+                // changed the count itself.
+                if settings.workers == self.settings.workers {
+                    settings.workers = self.target;
+                }
                 info!(
-                    "SIGHUP: reloading, starting {} worker(s) of generation {}",
+                    "reloading: starting {} worker(s) of generation {}",
                     settings.workers, reload.generation
                 );
-                reload.deadline = now + settings.reload_timeout;
-                reload.settings = Some(settings);
+                reload.phase = Phase::Starting {
+                    deadline: now + settings.reload_timeout,
+                    settings,
+                };
             }
             Err(why) => self.reload_failed(&why, out),
         }
@@ -375,8 +538,7 @@ impl Core {
     fn advance_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
         let State::Reloading(Reload {
             generation,
-            settings: Some(settings),
-            deadline,
+            phase: Phase::Starting { settings, deadline },
             ..
         }) = &self.state
         else {
@@ -436,8 +598,12 @@ impl Core {
         out.push(Action::Notify(Notice::Ready(status)));
     }
 
-    /// Gives up a reload's new workers: they never served, so they are killed, not drained.
+    /// Gives up a reload: its check of the new binary, and its new workers (they never served,
+    /// so they are killed, not drained).
     fn abandon(&mut self, generation: u32, out: &mut Vec<Action>) {
+        if let Some((Some(pid), _)) = self.checking() {
+            out.push(Action::Kill { pid: *pid });
+        }
         for worker in &mut self.workers {
             if worker.generation == generation && !worker.killed {
                 worker.leaving = true;
@@ -557,6 +723,15 @@ impl Core {
             return;
         }
         self.announce_ready(out);
+        if let Some((_, deadline)) = self.checking()
+            && now >= deadline
+        {
+            let why = format!(
+                "the new binary's check did not finish within {:?}",
+                self.settings.reload_timeout
+            );
+            self.reload_failed(&why, out);
+        }
         self.advance_reload(now, out);
         self.converge(now, out);
         if self.systemd && matches!(self.state, State::Serving) {
@@ -727,7 +902,7 @@ mod tests {
         fn new(workers: usize) -> Self {
             let now = Instant::now();
             Self {
-                core: Core::new(settings(workers), true, now),
+                core: Core::new(settings(workers), true, false, now),
                 now,
                 next_pid: 100,
                 fork_fails: false,

@@ -8,12 +8,15 @@
 //! timer.
 
 mod core;
+mod handover;
 mod pidfile;
 mod signals;
 mod systemd;
+mod upgrade;
 mod workers;
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -37,6 +40,7 @@ use crate::process::spawn::{Forked, spawn};
 use pidfile::Pidfile;
 use signals::Signals;
 use systemd::Notifier;
+use upgrade::{Preflight, Upgrade};
 use workers::WorkerExit;
 
 /// Reads the configuration again, for a reload.
@@ -59,7 +63,7 @@ struct Next {
 }
 
 /// The master's side of one worker's channel.
-struct Channel {
+pub(super) struct Channel {
     pid: Pid,
     /// `None` once the worker closed its end.
     fd: Option<OwnedFd>,
@@ -81,36 +85,71 @@ pub(crate) struct Master<'a> {
     channels: Vec<Channel>,
     notifier: Notifier,
     board: Board,
+    /// The memory file behind the board, handed to a new image on an upgrade.
+    board_file: OwnedFd,
+    /// How to execute the binary on disk; `None` for a library that did not give prefork its
+    /// command line, whose reloads fork the running image.
+    upgrade: Option<Upgrade>,
+    /// The check of a new binary, while it runs.
+    preflight: Option<Preflight>,
+    /// In an image that took over from the previous one: the new generation's configuration
+    /// and listeners, or why they could not be had, for the first turn.
+    taken_over: Option<Result<Next, String>>,
 }
 
 impl<'a> Master<'a> {
     /// Everything before the first fork, in the order it must happen: the umask (it applies
     /// to the socket files), the pid file claimed, the sockets adopted from systemd or bound,
     /// the pid file written, root dropped, signals blocked. On failure nothing is left behind.
-    pub(crate) fn start(config: Config, reconfigure: Reconfigure<'a>) -> Result<Self, Error> {
+    ///
+    /// With `upgrade` (the command line), a reload executes the binary on disk; and if this
+    /// image was so executed, it takes over the listeners and the workers of the previous one
+    /// instead of binding and starting afresh.
+    pub(crate) fn start(
+        config: Config,
+        reconfigure: Reconfigure<'a>,
+        upgrade: Option<Vec<OsString>>,
+    ) -> Result<Self, Error> {
+        let upgrade = upgrade
+            .map(Upgrade::new)
+            .transpose()
+            .map_err(|e| Error::io("cannot find the running executable", e))?;
+        let record = match upgrade.is_some().then(upgrade::handed_over).flatten() {
+            Some(Ok(record)) => Some(record),
+            Some(Err(why)) => return Err(Error::boot(why)),
+            None => None,
+        };
         if let Some(mask) = config.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
         }
         let pidfile = config.pid.as_deref().map(Pidfile::claim).transpose()?;
-        let activated = listeners::activated()?;
-        let listeners = listeners::bind_all(&config, &activated)?;
-        drop(activated);
+        let inherited = record.as_ref().map(upgrade::inherit).transpose();
+        let mut inherited =
+            inherited.map_err(|e| Error::io("cannot take over from the previous master", e))?;
+        let listeners = match &mut inherited {
+            Some(inherited) => std::mem::take(&mut inherited.listeners),
+            None => {
+                let activated = listeners::activated()?;
+                listeners::bind_all(&config, &activated)?
+            }
+        };
         let started = pidfile
             .as_ref()
             .map_or(Ok(()), Pidfile::write)
-            .and_then(|()| privileges::drop_to(&config.credentials))
+            // An image that took over runs as the previous one dropped to already.
+            .and_then(|()| match &inherited {
+                Some(_) => Ok(()),
+                None => privileges::drop_to(&config.credentials),
+            })
             .and_then(|()| {
                 Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
-            })
-            .and_then(|signals| {
-                let board = Board::new()
-                    .map_err(|e| Error::io("cannot map the balancing board", e.into()))?;
-                Ok((signals, board))
             });
-        let (signals, board) = match started {
-            Ok(started) => started,
+        let signals = match started {
+            Ok(signals) => signals,
             Err(e) => {
-                listeners::remove_socket_files(&listeners::socket_files(&listeners));
+                if inherited.is_none() {
+                    listeners::remove_socket_files(&listeners::socket_files(&listeners));
+                }
                 if let Some(pidfile) = &pidfile {
                     pidfile.remove();
                 }
@@ -118,18 +157,43 @@ impl<'a> Master<'a> {
             }
         };
         let notifier = Notifier::from_env();
+        let now = Instant::now();
+        let settings = Settings::of(&config);
+        let (core, board, channels, next) = match inherited {
+            Some(inherited) => {
+                let next = listeners::bind_all(&config, &listeners)
+                    .map(|listeners| Next {
+                        generation: inherited.snapshot.generation + 1,
+                        config: config.clone(),
+                        listeners,
+                    })
+                    .map_err(|e| e.to_string());
+                let core = Core::adopt(settings, inherited.snapshot, notifier.enabled(), now);
+                (core, inherited.board, inherited.channels, Some(next))
+            }
+            None => {
+                let board = Board::new()
+                    .map_err(|e| Error::io("cannot map the balancing board", e.into()))?;
+                let core = Core::new(settings, notifier.enabled(), upgrade.is_some(), now);
+                (core, board, Vec::new(), None)
+            }
+        };
         Ok(Self {
-            core: Core::new(Settings::of(&config), notifier.enabled(), Instant::now()),
+            core,
             socket_files: listeners::socket_files(&listeners),
             config,
             listeners,
             next: None,
+            taken_over: next,
             pidfile,
             reconfigure,
             signals,
-            channels: Vec::new(),
+            channels,
             notifier,
-            board,
+            board: board.0,
+            board_file: board.1,
+            upgrade,
+            preflight: None,
         })
     }
 
@@ -139,11 +203,28 @@ impl<'a> Master<'a> {
         for listener in &self.listeners {
             info!("listening on {}", listener.describe());
         }
-        info!(
-            "master (pid {}) starting {} worker(s)",
-            getpid(),
-            self.config.workers
-        );
+        if let Some(next) = self.taken_over.take() {
+            info!(
+                "master (pid {}) took over {} worker(s) from the previous binary",
+                getpid(),
+                self.channels.len()
+            );
+            // The reload the previous image began goes on here, with this image's code.
+            let prepared = next.map(|next| {
+                let settings = Settings::of(&next.config);
+                self.next = Some(next);
+                settings
+            });
+            if let Some(ran) = self.step(Event::ReloadPrepared(prepared)) {
+                return ran;
+            }
+        } else {
+            info!(
+                "master (pid {}) starting {} worker(s)",
+                getpid(),
+                self.config.workers
+            );
+        }
         loop {
             let mut events: Vec<Event> = self
                 .signals
@@ -197,6 +278,8 @@ impl<'a> Master<'a> {
             Action::PrepareReload { generation } => {
                 return Done::Then(Event::ReloadPrepared(self.prepare_reload(generation)));
             }
+            Action::Preflight => return Done::Then(Event::Preflight(self.preflight())),
+            Action::Exec => return Done::Then(Event::ExecFailed(self.exec())),
             Action::CommitReload { generation } => self.commit_reload(generation),
             Action::AbandonReload { generation } => self.abandon_reload(generation),
             // Workers hold their own copies of the listening sockets; each socket closes when
@@ -303,6 +386,28 @@ impl<'a> Master<'a> {
         Ok(settings)
     }
 
+    fn preflight(&mut self) -> Result<Pid, String> {
+        let upgrade = self.upgrade.as_ref().ok_or("no command line to check")?;
+        let preflight = upgrade.preflight()?;
+        let pid = preflight.pid;
+        self.preflight = Some(preflight);
+        Ok(pid)
+    }
+
+    /// Executes the binary on disk in this pid; returns only why that failed.
+    fn exec(&mut self) -> String {
+        let Some(upgrade) = &self.upgrade else {
+            return "no command line to execute".to_string();
+        };
+        let (record, keep) = upgrade::record(
+            &self.core.snapshot(),
+            &self.channels,
+            &self.listeners,
+            &self.board_file,
+        );
+        upgrade.exec(&record, &keep)
+    }
+
     fn commit_reload(&mut self, generation: u32) {
         let Some(next) = self.next.take_if(|next| next.generation == generation) else {
             return;
@@ -367,6 +472,11 @@ impl<'a> Master<'a> {
                     return;
                 }
             };
+            if let Some(mut preflight) = self.preflight.take_if(|p| p.pid == pid) {
+                let output = preflight.output();
+                events.push(Event::PreflightDone { status, output });
+                continue;
+            }
             if let Some(index) = self.channels.iter().position(|c| c.pid == pid) {
                 let channel = self.channels.swap_remove(index);
                 self.board.clear(channel.cell);

@@ -15,6 +15,7 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 /// The wait before trying again when the system refused to start a worker (fork, descriptors).
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+#[derive(Debug, Clone)]
 pub(crate) struct Worker {
     /// Stable number of the place this worker fills, from 1; a replacement takes the same one.
     pub(crate) slot: usize,

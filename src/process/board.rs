@@ -16,7 +16,13 @@ use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+use std::os::fd::OwnedFd;
+
+use nix::errno::Errno;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+use nix::sys::stat::fstat;
+use nix::unistd::ftruncate;
 
 /// More workers than this share the cells that remain, which only weakens balancing.
 const CELLS: usize = 256;
@@ -55,17 +61,33 @@ unsafe impl Send for Board {}
 unsafe impl Sync for Board {}
 
 impl Board {
-    /// Maps the table, shared with every process forked from now on.
-    pub(crate) fn new() -> nix::Result<Board> {
+    /// Creates the table in a memory file and maps it, shared with every process forked from
+    /// now on. The file is what a master hands to the image it executes on an upgrade, so that
+    /// both images and every worker see the same cells.
+    pub(crate) fn new() -> nix::Result<(Board, OwnedFd)> {
+        let file = memfd_create(c"prefork-board", MFdFlags::MFD_CLOEXEC)?;
+        let len = i64::try_from(size_of::<Table>()).expect("a table of a few KiB");
+        ftruncate(&file, len)?;
+        Ok((Board::map(&file)?, file))
+    }
+
+    /// Maps the table in `file`, made by [`Board::new`] in this master or in the image it
+    /// replaced.
+    pub(crate) fn map(file: &OwnedFd) -> nix::Result<Board> {
         let len = NonZeroUsize::new(size_of::<Table>()).expect("a non-empty table");
-        // SAFETY: a fresh anonymous mapping aliases nothing; zeroed memory is a valid table of
-        // atomics (every cell free).
+        if usize::try_from(fstat(file)?.st_size).ok() != Some(len.get()) {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: the file is exactly one table long; a new file is zeroed, which is a valid
+        // table of atomics (every cell free), and an adopted one only ever held atomics.
         let ptr = unsafe {
-            mmap_anonymous(
+            mmap(
                 None,
                 len,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
+                file,
+                0,
             )?
         };
         Ok(Board { table: ptr.cast() })
@@ -102,7 +124,7 @@ impl Board {
 impl Board {
     /// A fresh board with the cells of two workers, and their seats.
     pub(crate) fn for_two() -> (Board, Seat, Seat) {
-        let board = Board::new().unwrap();
+        let (board, _file) = Board::new().unwrap();
         board.clear(0);
         board.clear(1);
         (board, board.seat(0), board.seat(1))

@@ -175,7 +175,9 @@ fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
-fn to_wire(at: Instant) -> u64 {
+/// `at` as `CLOCK_MONOTONIC` nanoseconds: the same moment in every process, and in the next
+/// image of the master after an upgrade.
+pub(crate) fn to_wire(at: Instant) -> u64 {
     let now = Instant::now();
     let mono = monotonic_now();
     let wire = if at >= now {
@@ -186,7 +188,8 @@ fn to_wire(at: Instant) -> u64 {
     wire.as_nanos() as u64
 }
 
-fn from_wire(nanos: u64) -> Instant {
+/// The instant that [`to_wire`] wrote as `nanos`.
+pub(crate) fn from_wire(nanos: u64) -> Instant {
     let wire = Duration::from_nanos(nanos);
     let now = Instant::now();
     let mono = monotonic_now();

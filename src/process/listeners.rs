@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,14 @@ impl Listener {
         }
     }
 
+    /// The socket's descriptor, to hand over to a new master image.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match &self.socket {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
+        }
+    }
+
     /// Another descriptor for the same socket, for a second generation of workers.
     fn try_clone(&self) -> io::Result<Listener> {
         let socket = match &self.socket {
@@ -73,7 +82,6 @@ impl Listener {
 ///
 /// Must be called while the process is single-threaded, as the environment changes.
 pub(crate) fn activated() -> Result<Vec<Listener>, Error> {
-    use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: the master calls this before any fork and never starts a thread, so nothing
     // reads the environment concurrently.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
@@ -81,35 +89,45 @@ pub(crate) fn activated() -> Result<Vec<Listener>, Error> {
     let mut listeners = Vec::new();
     for (fd, name) in fds {
         // SAFETY: by the activation protocol these descriptors are open and ours alone.
-        let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let adopt = || -> io::Result<Listener> {
-            if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "not a listening stream socket",
-                ));
-            }
-            socket.set_nonblocking(true)?;
-            let local = socket.local_addr()?;
-            let socket = socket.try_clone()?;
-            Ok(match (local.as_socket(), local.as_pathname()) {
-                (Some(addr), _) => Listener {
-                    addr: BindAddr::Tcp(addr),
-                    socket: Socket::Tcp(socket.into()),
-                    activated: true,
-                },
-                (None, path) => Listener {
-                    addr: BindAddr::Unix(path.map(PathBuf::from).unwrap_or_default()),
-                    socket: Socket::Unix(socket.into()),
-                    activated: true,
-                },
-            })
-        };
-        let listener = adopt()
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let listener = inherited(owned, None, true)
             .map_err(|e| Error::bind(format!("socket activation: fd {fd} ({name}): {e}")))?;
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// A listening socket this process was handed (by systemd, or by the master image it replaced
+/// on an upgrade), checked to be a listening stream socket. `addr` is what it was configured
+/// as; without one, it is the address the socket is bound to.
+pub(crate) fn inherited(
+    fd: OwnedFd,
+    addr: Option<BindAddr>,
+    activated: bool,
+) -> io::Result<Listener> {
+    let socket = socket2::Socket::from(fd);
+    if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening stream socket",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    let local = socket.local_addr()?;
+    Ok(match (local.as_socket(), local.as_pathname()) {
+        (Some(bound), _) => Listener {
+            addr: addr.unwrap_or(BindAddr::Tcp(bound)),
+            socket: Socket::Tcp(socket.into()),
+            activated,
+        },
+        (None, path) => Listener {
+            addr: addr
+                .unwrap_or_else(|| BindAddr::Unix(path.map(PathBuf::from).unwrap_or_default())),
+            socket: Socket::Unix(socket.into()),
+            activated,
+        },
+    })
 }
 
 /// Binds every configured address, reusing the socket of any address in `current` (so a
