@@ -45,6 +45,7 @@ fn app() -> Router {
         .route("/", get(|| async { "Hello, World!" }))
         .route("/sleep", get(sleep))
         .route("/pid", get(|| async { std::process::id().to_string() }))
+        .route("/exe", get(exe))
         .route("/sse", get(sse))
         .route("/ws", get(ws))
         .route("/ws-quiet", get(ws_quiet))
@@ -67,6 +68,15 @@ async fn sleep(Query(Millis { ms }): Query<Millis>) -> String {
 }
 
 /// Holds the runtime's thread: a hung worker, as far as the master can tell.
+/// Which file this worker's code came from, by inode: after an upgrade, the new binary's.
+async fn exe() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/exe") {
+        Ok(meta) => meta.ino().to_string(),
+        Err(e) => format!("unknown: {e}"),
+    }
+}
+
 async fn block(Query(Millis { ms }): Query<Millis>) -> String {
     std::thread::sleep(Duration::from_millis(ms));
     format!("blocked {ms} ms\n")

@@ -898,6 +898,9 @@ mod tests {
         reload_to: Result<Settings, String>,
     }
 
+    /// The pid the shell gives the check of a new binary.
+    const CHECK: i32 = 900;
+
     impl Sim {
         fn new(workers: usize) -> Self {
             let now = Instant::now();
@@ -922,6 +925,29 @@ mod tests {
             }
             assert!(ready_notice(&sim.tick()).is_some(), "never announced ready");
             sim
+        }
+
+        /// A started server whose reloads execute the binary on disk.
+        fn upgrading(workers: usize) -> Self {
+            let mut sim = Self::serving(workers);
+            sim.core.upgrade = true;
+            sim
+        }
+
+        /// What an `exec` does: the core of the new image, from this one's snapshot, given
+        /// the new configuration.
+        fn exec(&mut self) {
+            let snapshot = self.core.snapshot();
+            self.core = Core::adopt(settings(snapshot.configured), snapshot, true, self.now);
+            let prepared = self.reload_to.clone();
+            self.send(Event::ReloadPrepared(prepared));
+        }
+
+        fn check_ends(&mut self, status: WorkerExit, output: &str) -> Vec<Action> {
+            self.send(Event::PreflightDone {
+                status,
+                output: output.to_string(),
+            })
         }
 
         fn advance(&mut self, by: Duration) {
@@ -966,6 +992,9 @@ mod tests {
                         }
                         Action::PrepareReload { .. } => {
                             queue.insert(0, Event::ReloadPrepared(self.reload_to.clone()));
+                        }
+                        Action::Preflight => {
+                            queue.insert(0, Event::Preflight(Ok(Pid::from_raw(CHECK))));
                         }
                         _ => {}
                     }
@@ -1439,5 +1468,130 @@ mod tests {
         let mut sim = Sim::new(1);
         sim.tick();
         assert!(sim.signal(Signal::SIGHUP).is_empty());
+    }
+
+    #[test]
+    fn an_upgrade_checks_the_binary_then_the_new_image_finishes_the_reload() {
+        let mut sim = Sim::upgrading(2);
+        let old = sim.live();
+        let hup = sim.signal(Signal::SIGUSR2);
+        assert_eq!(hup, [Action::Notify(Notice::Reloading), Action::Preflight]);
+        assert!(
+            spawns(&sim.tick()).is_empty(),
+            "workers started before the check"
+        );
+        assert_eq!(sim.check_ends(WorkerExit::Code(0), ""), [Action::Exec]);
+        sim.exec();
+        // The new image serves with the adopted workers and starts its own generation.
+        assert_eq!(sim.live(), old);
+        let started = sim.tick();
+        assert_eq!(spawns(&started), [(1, 1), (2, 1)]);
+        let new = sim.spawned(&started);
+        let done = sim.ready(&new);
+        assert!(done.contains(&Action::CommitReload { generation: 1 }));
+        let drained: Vec<Pid> = told(&done).into_iter().map(|(pid, _)| pid).collect();
+        assert_eq!(drained, old);
+        assert_eq!(ready_notice(&done), Some("2/2 workers ready"));
+    }
+
+    #[test]
+    fn a_binary_that_fails_its_check_is_not_executed() {
+        let mut sim = Sim::upgrading(1);
+        sim.signal(Signal::SIGHUP);
+        let actions = sim.check_ends(WorkerExit::Code(2), "invalid value 'x' for workers");
+        assert!(!actions.contains(&Action::Exec));
+        assert_eq!(
+            ready_notice(&actions),
+            Some(
+                "reload failed: the new binary's check exited with status 2: invalid value 'x' \
+                 for workers; 1/1 workers ready"
+            )
+        );
+        let missing = {
+            let mut sim = Sim::upgrading(1);
+            sim.core.handle(Event::Signal(Signal::SIGHUP), sim.now);
+            sim.send(Event::Preflight(Err("/srv/app: No such file".into())))
+        };
+        assert!(ready_notice(&missing).is_some_and(|s| s.contains("cannot run the new binary")));
+    }
+
+    #[test]
+    fn a_check_that_hangs_is_killed_at_the_reload_timeout() {
+        let mut sim = Sim::upgrading(1);
+        sim.signal(Signal::SIGHUP);
+        assert_eq!(sim.core.next_wake(sim.now), sim.now + SECOND);
+        sim.advance(Duration::from_secs(30));
+        let actions = sim.tick();
+        assert_eq!(killed(&actions), [Pid::from_raw(CHECK)]);
+        assert!(ready_notice(&actions).is_some_and(|s| s.contains("did not finish within 30s")));
+        // Its exit, reaped later, starts nothing.
+        assert!(
+            sim.check_ends(WorkerExit::Signal(Signal::SIGKILL), "")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_failed_exec_keeps_the_workers_and_the_next_hup_tries_again() {
+        let mut sim = Sim::upgrading(1);
+        sim.signal(Signal::SIGHUP);
+        sim.check_ends(WorkerExit::Code(0), "");
+        let actions = sim.send(Event::ExecFailed("/srv/app: ENOENT".into()));
+        assert!(ready_notice(&actions).is_some_and(|s| s.contains("cannot execute")));
+        assert_eq!(sim.signal(Signal::SIGHUP)[1], Action::Preflight);
+    }
+
+    #[test]
+    fn term_during_the_check_kills_it_and_stops() {
+        let mut sim = Sim::upgrading(1);
+        let worker = sim.live()[0];
+        sim.signal(Signal::SIGHUP);
+        let actions = sim.signal(Signal::SIGTERM);
+        assert_eq!(killed(&actions), [Pid::from_raw(CHECK)]);
+        assert!(matches!(told(&actions)[..], [(pid, Leave::Drain { .. })] if pid == worker));
+        assert!(
+            !sim.check_ends(WorkerExit::Code(0), "")
+                .contains(&Action::Exec)
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_ttin_and_ttou_unless_the_configuration_changed_the_count() {
+        let mut sim = Sim::serving(2);
+        sim.signal(Signal::SIGTTIN);
+        sim.tick();
+        sim.signal(Signal::SIGHUP);
+        assert_eq!(spawns(&sim.tick()).len(), 3, "TTIN was forgotten");
+        let mut sim = Sim::serving(2);
+        sim.signal(Signal::SIGTTIN);
+        sim.tick();
+        sim.reload_to = Ok(settings(4));
+        sim.signal(Signal::SIGHUP);
+        assert_eq!(
+            spawns(&sim.tick()).len(),
+            4,
+            "the configured count was ignored"
+        );
+    }
+
+    #[test]
+    fn an_image_that_took_over_during_start_up_keeps_its_draining_workers() {
+        let mut sim = Sim::new(2);
+        sim.core.upgrade = true;
+        let pids = sim.tick_spawned();
+        sim.ready(&pids[..1]);
+        // One worker drains (say it was recycled) with its deadline; the other is not ready.
+        sim.core.workers[0].leaving = true;
+        sim.core.workers[0].kill_at = Some(sim.now + SECOND);
+        sim.signal(Signal::SIGHUP);
+        sim.check_ends(WorkerExit::Code(0), "");
+        sim.reload_to = Err("bad config".into());
+        sim.exec();
+        assert_eq!(sim.core.workers[0].kill_at, Some(sim.now + SECOND));
+        assert!(
+            matches!(sim.core.state, State::Starting),
+            "{:?}",
+            sim.core.state
+        );
     }
 }
