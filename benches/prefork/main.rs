@@ -9,14 +9,16 @@
 //!
 //! Sections: `throughput` (plaintext GET / of the demo app), `static` (1 KiB and 1 MiB files),
 //! `process` (memory, start-up and replacement time), `balance` (requests per worker), `drain`
-//! (TERM to exit with idle keep-alive connections).
+//! (TERM to exit with idle keep-alive connections), `upgrade` (a new binary and HUP under
+//! keep-alive load: HUP to the new generation serving, p99 during the upgrade against p99 at
+//! rest, requests lost).
 //!
 //! Settings, from the environment:
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PREFORK_BENCH_SECS` | 2 | seconds of load per measurement (after 0.25 s of warm-up) |
-//! | `PREFORK_BENCH_ROUNDS` | 5 | baseline/prefork pairs per figure; the median ratio is reported |
+//! | `PREFORK_BENCH_ROUNDS` | 5 | baseline/prefork pairs per figure (upgrades, in `upgrade`); the median ratio is reported |
 //! | `PREFORK_BENCH_WORKERS` | CPUs | prefork workers and baseline runtime threads |
 //! | `PREFORK_BENCH_CONNS` | 64 | keep-alive connections |
 //! | `PREFORK_BENCH_CPR_CONNS` | 32 | requests in flight in connection-per-request runs |
@@ -31,6 +33,7 @@ mod process;
 mod report;
 mod server;
 mod throughput;
+mod upgrade;
 
 // Shared with the end-to-end tests; `pub` so that what only the tests use is not dead code here.
 #[path = "../../tests/support/mod.rs"]
@@ -41,7 +44,14 @@ use std::time::Duration;
 use load::Generator;
 use report::Table;
 
-const SECTIONS: [&str; 5] = ["throughput", "static", "process", "balance", "drain"];
+const SECTIONS: [&str; 6] = [
+    "throughput",
+    "static",
+    "process",
+    "balance",
+    "drain",
+    "upgrade",
+];
 
 /// Everything a section needs: the settings and a runtime for the drain section's idle
 /// connections (the load generator builds its own, one per thread).
@@ -186,6 +196,9 @@ fn main() {
     }
     if run("drain") {
         show(vec![drain::drain_latency(&bench)]);
+    }
+    if run("upgrade") {
+        show(vec![upgrade::upgrade(&bench)]);
     }
 
     let mut summary = Table::new("Targets");

@@ -11,6 +11,7 @@ mod load;
 mod logs;
 mod serve;
 mod supervise;
+mod upgrade;
 
 // Shared with the benchmark; `pub` so that what only the benchmark uses is not dead code here.
 #[path = "../support/mod.rs"]

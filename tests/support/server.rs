@@ -106,14 +106,18 @@ impl Builder {
     /// program and arguments come first, then the binary and its arguments (`unshare --pid
     /// --fork`, `systemd-socket-activate -l ...`).
     pub fn wrapped(wrapper: &[&str], bin: Bin) -> Builder {
-        let path = bin.path();
+        Self::wrapped_path(wrapper, &bin.path())
+    }
+
+    /// Like [`Builder::wrapped`], for the executable at `path` (a copy a test can replace).
+    pub fn wrapped_path(wrapper: &[&str], path: &Path) -> Builder {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(rest).arg(&path);
+                cmd.args(rest).arg(path);
                 cmd
             }
-            None => Command::new(&path),
+            None => Command::new(path),
         };
         // The server's settings are the test's, not whatever the caller's environment says.
         for (key, _) in std::env::vars_os() {
@@ -287,7 +291,12 @@ impl Server {
 
     /// Like [`Server::builder`], run through `wrapper` (see [`Builder::wrapped`]).
     pub fn wrapped(wrapper: &[&str], bin: Bin, workers: usize) -> Builder {
-        let mut builder = Builder::wrapped(wrapper, bin).arg("serve");
+        Self::wrapped_path(wrapper, &bin.path(), workers)
+    }
+
+    /// Like [`Server::wrapped`], for the executable at `path`.
+    pub fn wrapped_path(wrapper: &[&str], path: &Path, workers: usize) -> Builder {
+        let mut builder = Builder::wrapped_path(wrapper, path).arg("serve");
         builder.workers = Some(workers);
         builder
     }
