@@ -4,11 +4,10 @@
 //! while it happens against latency at rest, and requests lost.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::Bench;
 use crate::load::{self, Generator, Mode, Spec, Stats};
@@ -46,7 +45,7 @@ struct Round {
 pub fn upgrade(b: &Bench) -> Table {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let exe = dir.path().join("demo");
-    let inode = install(&exe);
+    let inode = put_in_place(&stage(&exe), &exe);
     let server = Server::wrapped_path(&[], &exe, b.workers).start();
     let master = server.pid();
     // Without the demo's /exe route (older demos), no first-response figure.
@@ -74,8 +73,7 @@ pub fn upgrade(b: &Bench) -> Table {
     for _ in 0..b.rounds {
         let rest = load::measure(b.generator, b.client_threads, &spec(b.warmup));
         // Staged before the window, so that copying the binary weighs on neither measurement.
-        let staged = exe.with_extension("new");
-        std::fs::copy(Bin::Demo.path(), &staged).expect("stage a copy of the demo");
+        let staged = stage(&exe);
         let old = server.workers();
         let skip = server.log_len();
         let (during, hup, new_inode, probes) = std::thread::scope(|scope| {
@@ -83,8 +81,7 @@ pub fn upgrade(b: &Bench) -> Table {
             let loaded =
                 scope.spawn(|| load::measure(b.generator, b.client_threads, &spec(warmup)));
             std::thread::sleep((start + hup_after).saturating_duration_since(Instant::now()));
-            std::fs::rename(&staged, &exe).expect("put the new binary in place");
-            let new_inode = std::fs::metadata(&exe).expect("the new binary").ino();
+            let new_inode = put_in_place(&staged, &exe);
             let hup = Instant::now();
             kill(master, Signal::SIGHUP).expect("HUP the master");
             let probes = exe_route.then(|| first_new(server.addr, new_inode, hup));
@@ -130,12 +127,18 @@ pub fn upgrade(b: &Bench) -> Table {
     table(b, window, LEAD, exe_route, &rounds)
 }
 
-/// Puts a fresh copy of the demo at `path` by rename; its inode.
-fn install(path: &Path) -> u64 {
-    let staged = path.with_extension("new");
+/// A fresh copy of the built demo next to `exe`, as a deploy stages a new binary.
+fn stage(exe: &Path) -> PathBuf {
+    let staged = exe.with_extension("new");
     std::fs::copy(Bin::Demo.path(), &staged).expect("copy the demo");
-    std::fs::rename(&staged, path).expect("put the demo in place");
-    std::fs::metadata(path).expect("the copy").ino()
+    staged
+}
+
+/// Renames `staged` over `exe`, as a deploy does: a new file at the path (a new inode), while
+/// the running image keeps the old one. The new inode.
+fn put_in_place(staged: &Path, exe: &Path) -> u64 {
+    std::fs::rename(staged, exe).expect("put the new binary in place");
+    std::fs::metadata(exe).expect("the new binary").ino()
 }
 
 /// Asks `/exe` on fresh connections from `hup` until the binary with `inode` answers: when it
@@ -192,42 +195,25 @@ fn table(b: &Bench, window: Duration, lead: Duration, exe_route: bool, rounds: &
         Row::new("HUP -> last old worker exited with status 0 (log), median / max")
             .value(med_max(&times(|r| r.drained))),
     );
-    let med = |f: &dyn Fn(&Round) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
-    let secs = |d: Duration| Duration::from_secs_f64(d);
-    let p99_ratios: Vec<f64> = rounds
-        .iter()
-        .map(|r| r.during.p99.as_secs_f64() / r.rest.p99.as_secs_f64())
-        .collect();
-    let p99_ratio = median(&p99_ratios);
-    table.row(
-        Row::new("p99 latency, upgrade window (baseline: at rest)")
-            .value(ms(secs(med(&|r| r.during.p99.as_secs_f64()))))
-            .baseline(ms(secs(med(&|r| r.rest.p99.as_secs_f64()))))
-            .ratio(p99_ratio)
-            .target(format!("< {}", ratio(P99_TARGET)), p99_ratio < P99_TARGET),
-    );
-    table.row(
-        Row::new("p50 latency, upgrade window (baseline: at rest)")
-            .value(ms(secs(med(&|r| r.during.p50.as_secs_f64()))))
-            .baseline(ms(secs(med(&|r| r.rest.p50.as_secs_f64()))))
-            .ratio(median(
-                &rounds
-                    .iter()
-                    .map(|r| r.during.p50.as_secs_f64() / r.rest.p50.as_secs_f64())
-                    .collect::<Vec<_>>(),
-            )),
-    );
-    table.row(
-        Row::new("requests/s, upgrade window (baseline: at rest)")
-            .value(rate(med(&|r| r.during.rps())))
-            .baseline(rate(med(&|r| r.rest.rps())))
-            .ratio(median(
-                &rounds
-                    .iter()
-                    .map(|r| r.during.rps() / r.rest.rps())
-                    .collect::<Vec<_>>(),
-            )),
-    );
+    // The upgrade window against the measurement at rest before it: the medians over the
+    // rounds, and the median of per-round ratios.
+    let vs_rest = |name: &str, f: fn(&Stats) -> f64, show: fn(f64) -> String| {
+        let med = |side: fn(&Round) -> &Stats| {
+            median(&rounds.iter().map(|r| f(side(r))).collect::<Vec<_>>())
+        };
+        let ratios: Vec<f64> = rounds.iter().map(|r| f(&r.during) / f(&r.rest)).collect();
+        let r = median(&ratios);
+        let row = Row::new(format!("{name}, upgrade window (baseline: at rest)"))
+            .value(show(med(|r| &r.during)))
+            .baseline(show(med(|r| &r.rest)))
+            .ratio(r);
+        (row, r)
+    };
+    let latency = |secs: f64| ms(Duration::from_secs_f64(secs));
+    let (p99, p99_ratio) = vs_rest("p99 latency", |s| s.p99.as_secs_f64(), latency);
+    table.row(p99.target(format!("< {}", ratio(P99_TARGET)), p99_ratio < P99_TARGET));
+    table.row(vs_rest("p50 latency", |s| s.p50.as_secs_f64(), latency).0);
+    table.row(vs_rest("requests/s", Stats::rps, rate).0);
     let lost: u64 = rounds.iter().map(|r| r.during.errors).sum();
     let probe_lost: u64 = rounds.iter().map(|r| r.probe_errors).sum();
     let rest_lost: u64 = rounds.iter().map(|r| r.rest.errors).sum();

@@ -15,14 +15,14 @@ use super::support::procfs::{accept_queue, children_of, status_line, zombies_of}
 use super::support::{Bin, PATIENCE, Server, run};
 
 /// A fake `NOTIFY_SOCKET`: every datagram the server sends, with the time it arrived.
-struct Notifications {
+pub(super) struct Notifications {
     rx: mpsc::Receiver<(Instant, String)>,
     _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+    pub(super) path: std::path::PathBuf,
 }
 
 impl Notifications {
-    fn new() -> Notifications {
+    pub(super) fn new() -> Notifications {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
@@ -44,7 +44,7 @@ impl Notifications {
     }
 
     /// The next message that contains `needle`; the ones before it are returned too.
-    fn until(&self, needle: &str) -> (Instant, String, Vec<String>) {
+    pub(super) fn until(&self, needle: &str) -> (Instant, String, Vec<String>) {
         let deadline = Instant::now() + PATIENCE;
         let mut skipped = Vec::new();
         loop {
@@ -138,7 +138,7 @@ fn systemd_watchdog_is_pinged_at_half_its_interval() {
     drop(server);
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -146,7 +146,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn systemd_socket_activate() -> &'static str {
+pub(super) fn systemd_socket_activate() -> &'static str {
     let path = "/usr/bin/systemd-socket-activate";
     assert!(
         std::path::Path::new(path).exists(),

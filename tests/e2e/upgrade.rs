@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::deploy::{Notifications, free_port, systemd_socket_activate};
 use super::http;
 use super::load::{Load, Tally};
 use super::support::procfs::{alive, status_line, wait_dead};
@@ -35,21 +36,29 @@ impl Deploy {
     /// Puts a fresh copy of the demo at the path, by rename, as a deploy does: a new file (a
     /// new inode), while the running image keeps the old one. Returns the new inode.
     fn install_demo(&self) -> u64 {
-        let staged = self.dir.path().join("app.new");
-        std::fs::copy(Bin::Demo.path(), &staged).unwrap();
-        self.replace_with(&staged)
+        self.install(&Bin::Demo.path())
     }
 
     /// Puts a shell script at the path.
     fn install_script(&self, body: &str) -> u64 {
-        let staged = self.dir.path().join("app.new");
-        std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-        self.replace_with(&staged)
+        let source = self.dir.path().join("script");
+        std::fs::write(&source, format!("#!/bin/sh\n{body}\n")).unwrap();
+        self.install(&source)
     }
 
-    fn replace_with(&self, staged: &Path) -> u64 {
-        std::fs::rename(staged, self.path()).unwrap();
+    /// Copies `source` to the path with mode 755, by rename. The copy is written by
+    /// install(1), not by this process: a process forked by a parallel test could inherit a
+    /// descriptor of ours open for writing, and then executing the file fails (ETXTBSY).
+    fn install(&self, source: &Path) -> u64 {
+        let staged = self.dir.path().join("app.new");
+        let status = std::process::Command::new("install")
+            .args(["-m", "755"])
+            .arg(source)
+            .arg(&staged)
+            .status()
+            .unwrap();
+        assert!(status.success(), "install {} failed", source.display());
+        std::fs::rename(&staged, self.path()).unwrap();
         inode(&self.path())
     }
 
@@ -249,4 +258,55 @@ fn term_during_an_upgrade_still_stops_within_the_graceful_timeout() {
     assert!(status.success(), "{status:?}");
     assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
     load.finish().assert_nothing_lost("TERM during an upgrade");
+}
+
+#[test]
+fn under_socket_activation_systemd_sees_one_main_pid_reloading_then_ready() {
+    let deploy = Deploy::new();
+    let notes = Notifications::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    // systemd-socket-activate starts the server for its first client.
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let first = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + PATIENCE;
+        loop {
+            match http::try_get(addr, "/") {
+                Err(http::Failure::Refused) if std::time::Instant::now() < until => {
+                    // The polling interval: nothing listens yet, and a refusal is no event.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    });
+    // It passes on only the environment it is told to.
+    let notify = format!("NOTIFY_SOCKET={}", notes.path.display());
+    let wrapper = [systemd_socket_activate(), "-l", &listen, "-E", &notify];
+    let server = Server::wrapped_path(&wrapper, &deploy.path(), 2)
+        .without_bind()
+        .start();
+    let master = server.pid();
+    let first = first.join().unwrap().expect("the first client is served");
+    assert_eq!(first.status, 200);
+    notes.until("READY=1");
+    let load = Load::keepalive(server.addr, 32, "/");
+    load.wait_each_served();
+    let new_binary = deploy.install_demo();
+    server.signal(Signal::SIGHUP);
+    let (_, reloading, _) = notes.until("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let (_, ready, between) = notes.until("READY=1");
+    assert!(ready.contains("STATUS=2/2 workers ready"), "{ready}");
+    for message in between.iter().chain([&reloading, &ready]) {
+        assert!(
+            !message.contains("MAINPID="),
+            "the main pid changed: {message}"
+        );
+    }
+    assert_eq!(running(master), new_binary);
+    let kept = server.wait_log_after("(from systemd)", 1, PATIENCE).1;
+    assert!(kept.contains(&listen), "{kept}");
+    load.wait_served(load.served() + 100);
+    all_serve(&server, new_binary);
+    assert_none_refused_or_lost(&load.finish(), "upgrade under socket activation");
 }
