@@ -161,7 +161,8 @@ impl Config {
     }
 
     /// How long a reload waits for every new worker to be ready before it gives up and keeps
-    /// the old workers. Default: 30 s.
+    /// the old workers; the check of a new binary before it is executed has the same limit.
+    /// Default: 30 s.
     pub fn reload_timeout(mut self, timeout: Duration) -> Self {
         self.reload_timeout = timeout;
         self

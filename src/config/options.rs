@@ -263,7 +263,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
         kind: Kind::Duration,
         help: "How long a reload (HUP) waits for the new workers to be ready before it gives up \
                and keeps the old ones.",
-        more: "",
+        more: "The check of a new binary before it is executed has the same limit.",
         default: Initial::Value("30s"),
         set: Set::One(|config, text, _| {
             config.reload_timeout = value::duration(text)?;

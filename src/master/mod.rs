@@ -133,17 +133,19 @@ impl<'a> Master<'a> {
                 listeners::bind_all(&config, &activated)?
             }
         };
-        let started = pidfile
-            .as_ref()
-            .map_or(Ok(()), Pidfile::write)
-            // An image that took over runs as the previous one dropped to already.
-            .and_then(|()| match &inherited {
-                Some(_) => Ok(()),
-                None => privileges::drop_to(&config.credentials),
-            })
-            .and_then(|()| {
-                Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
-            });
+        // An image that took over finds its pid file written, and runs as the user the
+        // previous one dropped to already (who may not be allowed to write the file).
+        let started = match (&inherited, &pidfile) {
+            (None, Some(pidfile)) => pidfile.write(),
+            _ => Ok(()),
+        }
+        .and_then(|()| match &inherited {
+            Some(_) => Ok(()),
+            None => privileges::drop_to(&config.credentials),
+        })
+        .and_then(|()| {
+            Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
+        });
         let signals = match started {
             Ok(signals) => signals,
             Err(e) => {

@@ -58,7 +58,7 @@ impl Upgrade {
     /// Resolves the executable's path and keeps this image open. `args` is the command line
     /// the master was started with.
     pub(crate) fn new(args: Vec<OsString>) -> io::Result<Self> {
-        let path = std::env::current_exe()?;
+        let path = started_from(args.first().map(PathBuf::from))?;
         let current = open(
             "/proc/self/exe",
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -126,6 +126,24 @@ impl Preflight {
             .unwrap_or(line)
             .to_string()
     }
+}
+
+/// The path the executable was started as, made absolute but with its symbolic links kept,
+/// so that a deploy that switches a link (`current -> releases/v2`) is followed; a bare name
+/// is looked up in `PATH`, and without either the running file's own path is used.
+fn started_from(argv0: Option<PathBuf>) -> io::Result<PathBuf> {
+    let Some(argv0) = argv0.filter(|p| !p.as_os_str().is_empty()) else {
+        return std::env::current_exe();
+    };
+    if argv0.components().count() > 1 {
+        return Ok(std::env::current_dir()?.join(argv0));
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(&argv0))
+            .find(|candidate| candidate.is_file())
+    });
+    found.map_or_else(std::env::current_exe, Ok)
 }
 
 /// What a previous image handed this one, if it executed it: the record, or why it cannot be
