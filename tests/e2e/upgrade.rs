@@ -310,3 +310,35 @@ fn under_socket_activation_systemd_sees_one_main_pid_reloading_then_ready() {
     all_serve(&server, new_binary);
     assert_none_refused_or_lost(&load.finish(), "upgrade under socket activation");
 }
+
+#[test]
+fn a_deploy_that_switches_a_symbolic_link_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        let status = std::process::Command::new("install")
+            .args(["-m", "755"])
+            .arg(Bin::Demo.path())
+            .arg(path.join("app"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        path
+    };
+    let current = dir.path().join("current");
+    let switch = |to: &Path| {
+        let staged = dir.path().join("current.new");
+        std::os::unix::fs::symlink(to, &staged).unwrap();
+        std::fs::rename(&staged, &current).unwrap();
+    };
+    switch(&release("v1"));
+    let server = Server::wrapped_path(&[], &current.join("app"), 2).start();
+    let old = server.wait_workers(2, &[]);
+    let v2 = release("v2");
+    switch(&v2);
+    reload(&server, "reload complete");
+    assert!(wait_dead(&old, PATIENCE), "the old workers did not exit");
+    assert_eq!(running(server.pid()), inode(&v2.join("app")));
+    all_serve(&server, inode(&v2.join("app")));
+}
