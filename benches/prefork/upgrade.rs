@@ -225,12 +225,15 @@ fn table(b: &Bench, window: Duration, lead: Duration, exe_route: bool, rounds: &
             .target("0", lost + probe_lost == 0),
     );
     table.note(format!(
-        "{} round(s); each measures {window:?} of load at rest, then {window:?} from {lead:?} \
-         before HUP (the new binary was copied next to the path before, and renamed over it \
-         just before HUP); each figure is the median over the rounds, each ratio the median of \
-         per-round ratios; the master's pid was the same before and after every upgrade, and \
-         it ran the new file (/proc/PID/exe)",
-        rounds.len()
+        "{} round(s); each measures {window:?} of load at rest, then the upgrade window: \
+         {window:?} from {lead:?} before HUP, so that it holds the whole upgrade (to the last \
+         old worker's exit) and counts a request failing up to {:?} after HUP; the new binary \
+         was copied next to the path before the window and renamed over it just before HUP; \
+         each figure is the median over the rounds, each ratio the median of per-round ratios; \
+         the master's pid was the same before and after every upgrade, and it ran the new file \
+         (/proc/PID/exe)",
+        rounds.len(),
+        window - lead
     ));
     table.note(format!(
         "p99 at rest -> during the upgrade, per round: {}",
