@@ -157,6 +157,8 @@ struct Answer {
     status: StatusCode,
     bytes: u64,
     body: Option<Vec<u8>>,
+    /// The server said `Connection: close` (it drains): the next request needs a new one.
+    closes: bool,
 }
 
 struct Target {
@@ -392,6 +394,10 @@ async fn exchange(
         .send_request(req.body(Empty::new()).expect("a valid request"))
         .await?;
     let status = resp.status();
+    let closes = resp
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let mut body = resp.into_body();
     let mut bytes = 0u64;
     let mut kept = keep_body.then(Vec::new);
@@ -407,6 +413,7 @@ async fn exchange(
         status,
         bytes,
         body: kept,
+        closes,
     })
 }
 
@@ -461,7 +468,9 @@ async fn keep_alive(target: &Target, record: &mut Record) {
             let sent = Instant::now();
             let exchange = exchange(&mut tx, &target.path, false, target.tally);
             let result = drive(exchange, conn.as_mut()).await;
-            if attempt(record, window, sent, result).await {
+            // As any HTTP/1.1 client does: after `Connection: close`, a new connection.
+            let closes = result.as_ref().is_ok_and(|answer| answer.closes);
+            if attempt(record, window, sent, result).await || closes {
                 continue 'connection;
             }
         }
