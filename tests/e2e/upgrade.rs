@@ -291,6 +291,7 @@ fn under_socket_activation_systemd_sees_one_main_pid_reloading_then_ready() {
     notes.until("READY=1");
     let load = Load::keepalive(server.addr, 32, "/");
     load.wait_each_served();
+    let old = server.wait_workers(2, &[]);
     let new_binary = deploy.install_demo();
     server.signal(Signal::SIGHUP);
     let (_, reloading, _) = notes.until("RELOADING=1");
@@ -306,6 +307,7 @@ fn under_socket_activation_systemd_sees_one_main_pid_reloading_then_ready() {
     assert_eq!(running(master), new_binary);
     let kept = server.wait_log_after("(from systemd)", 1, PATIENCE).1;
     assert!(kept.contains(&listen), "{kept}");
+    assert!(wait_dead(&old, PATIENCE), "the old workers did not exit");
     load.wait_served(load.served() + 100);
     all_serve(&server, new_binary);
     assert_none_refused_or_lost(&load.finish(), "upgrade under socket activation");
