@@ -10,6 +10,7 @@ mod layers;
 mod load;
 mod logs;
 mod serve;
+mod storms;
 mod supervise;
 mod upgrade;
 
