@@ -468,4 +468,15 @@ mod tests {
             vec![BindAddr::Tcp("127.0.0.1:3".parse().unwrap())]
         );
     }
+
+    proptest::proptest! {
+        /// Values hold no colon, so that no `bind` value sends a name to the resolver.
+        #[test]
+        fn any_config_file_is_read_or_refused_in_one_line(text in "(([a-z_]{1,12}) = (\"[^\":\n]{0,12}\"|[0-9]{1,4}|\\[\\]|true)\n){0,4}.{0,20}") {
+            let f = file(&text);
+            if let Err(e) = Config::default().apply_file(f.path()) {
+                proptest::prop_assert!(!e.to_string().contains('\n'), "{e}");
+            }
+        }
+    }
 }

@@ -169,4 +169,40 @@ mod tests {
             assert!(bind(bad).is_err(), "{bad:?} was accepted");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn durations_read_back_whatever_the_unit(n in 0u64..1_000_000, unit in 0usize..5) {
+            let (suffix, ms) = [("", 1000), ("s", 1000), ("ms", 1), ("m", 60_000), ("h", 3_600_000)][unit];
+            let parsed = duration(&format!("{n}{suffix}"));
+            proptest::prop_assert_eq!(parsed, Ok(Duration::from_millis(n * ms)));
+        }
+
+        #[test]
+        fn no_text_makes_a_parser_panic(text in ".{0,40}") {
+            let _ = duration(&text);
+            let _ = count(&text, 1);
+            let _ = mode(&text);
+            let _ = path(&text);
+            let _ = log_format(&text);
+            let _ = log_target(&text);
+            let _ = log_level(&text);
+            // Without a colon, no name is looked up: the answer is immediate.
+            if !text.contains(':') {
+                proptest::prop_assert!(bind(&text).is_err() || text.starts_with("unix:"));
+            }
+        }
+
+        #[test]
+        fn octal_modes_read_back(m in 0u32..0o1000) {
+            proptest::prop_assert_eq!(mode(&format!("{m:o}")), Ok(m));
+            proptest::prop_assert_eq!(mode(&format!("0o{m:o}")), Ok(m));
+        }
+
+        #[test]
+        fn socket_addresses_read_back(ip in proptest::prelude::any::<[u8; 4]>(), port in proptest::prelude::any::<u16>()) {
+            let addr = SocketAddr::from((ip, port));
+            proptest::prop_assert_eq!(bind(&addr.to_string()), Ok(vec![BindAddr::Tcp(addr)]));
+        }
+    }
 }

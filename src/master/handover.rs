@@ -304,4 +304,19 @@ mod tests {
             Err("board of the record is not a descriptor or pid".to_string())
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn reading_arbitrary_text_never_panics(text in ".{0,200}") {
+            let _ = Record::decode(&text);
+        }
+
+        #[test]
+        fn a_mangled_record_is_an_error_or_a_record(cut in 0usize..400, byte in proptest::prelude::any::<u8>()) {
+            let mut text = sample().encode().into_bytes();
+            let at = cut % text.len();
+            text[at] = byte;
+            let _ = Record::decode(&String::from_utf8_lossy(&text));
+        }
+    }
 }

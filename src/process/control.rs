@@ -251,4 +251,12 @@ mod tests {
         drop(worker);
         assert!(matches!(recv::<ToMaster>(&master), Received::Closed));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let _ = ToMaster::decode(&bytes);
+            let _ = ToWorker::decode(&bytes);
+        }
+    }
 }
