@@ -43,7 +43,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__check)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --user --group --umask --bind-mode --pid --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --user --group --umask --bind-mode --pid --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -72,6 +72,13 @@ _prefork() {
                     return 0
                     ;;
                 --threads)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --worker-connections)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
@@ -282,7 +289,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__serve)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --user --group --umask --bind-mode --pid --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --user --group --umask --bind-mode --pid --root --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -311,6 +318,13 @@ _prefork() {
                     return 0
                     ;;
                 --threads)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --worker-connections)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace

@@ -67,6 +67,7 @@ pub struct Config {
     pub(crate) reload_timeout: Duration,
     pub(crate) max_requests: u64,
     pub(crate) max_requests_jitter: u64,
+    pub(crate) worker_connections: u32,
     pub(crate) backlog: u32,
     pub(crate) keepalive: Duration,
     pub(crate) linger: Duration,
@@ -101,6 +102,7 @@ impl Default for Config {
             reload_timeout: Duration::ZERO,
             max_requests: 0,
             max_requests_jitter: 0,
+            worker_connections: 1,
             backlog: 1,
             keepalive: Duration::ZERO,
             linger: Duration::ZERO,
@@ -179,6 +181,13 @@ impl Config {
     /// started together are not all replaced at once. Default: 0.
     pub fn max_requests_jitter(mut self, n: u64) -> Self {
         self.max_requests_jitter = n;
+        self
+    }
+
+    /// Connections one worker holds at most; at the limit it leaves new ones in the shared
+    /// queue for its siblings. Values below 1 count as 1. Default: 1000.
+    pub fn worker_connections(mut self, n: u32) -> Self {
+        self.worker_connections = n.max(1);
         self
     }
 

@@ -227,6 +227,22 @@ pub(crate) static OPTIONS: &[Opt] = &[
         }),
     },
     Opt {
+        key: "worker_connections",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Connections one worker holds at most; at the limit it leaves new ones in the \
+               queue for its siblings until one of its own closes.",
+        more: "The descriptor limit is raised to its maximum at start; prefork warns when it \
+               cannot hold this many connections in a worker.",
+        default: Initial::Value("1000"),
+        set: Set::One(|config, text, _| {
+            let n = value::count(text, 1)?;
+            config.worker_connections = u32::try_from(n).map_err(|_| "too large".to_string())?;
+            Ok(())
+        }),
+    },
+    Opt {
         key: "graceful_timeout",
         short: None,
         value_name: "DUR",

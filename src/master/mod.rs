@@ -8,6 +8,7 @@
 //! timer.
 
 mod core;
+mod descriptors;
 mod handover;
 mod pidfile;
 mod signals;
@@ -202,6 +203,7 @@ impl<'a> Master<'a> {
     /// Runs until every worker is gone after a stop, or until workers fail to boot; in a
     /// forked worker, returns at once with what the worker needs.
     pub(crate) fn run(mut self) -> Ran {
+        descriptors::raise(self.config.workers, self.config.worker_connections);
         for listener in &self.listeners {
             info!("listening on {}", listener.describe());
         }

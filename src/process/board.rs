@@ -151,6 +151,11 @@ impl Seat {
         mine.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Connections this worker holds.
+    pub(crate) fn open(&self) -> u32 {
+        self.mine().open.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn closed(&self) {
         // Never below zero, even if the master cleared the cell meanwhile.
         let _ = self

@@ -11,7 +11,7 @@ use socket2::Socket;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpStream, UnixStream};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::{Shared, connection};
 use crate::application::AppService;
@@ -50,7 +50,23 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
     let draining = shared.drain.draining();
     tokio::pin!(draining);
     let mut pacing = Pacing::default();
+    let mut failures = Failures::default();
     loop {
+        if shared.room.full(shared.seat) {
+            // Siblings do not count a full worker when they weigh their own share.
+            shared.seat.accepting(false);
+            debug!(
+                "worker {} (pid {}): at its connection limit, leaving new ones to its siblings",
+                shared.slot,
+                std::process::id()
+            );
+            tokio::select! {
+                biased;
+                () = &mut draining => break,
+                () = shared.room.wait(shared.seat) => {}
+            }
+            shared.seat.accepting(true);
+        }
         let ready = tokio::select! {
             biased;
             () = &mut draining => break,
@@ -93,7 +109,7 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
             }
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
-                error!("accept failed: {e}");
+                failures.record(&e, shared.slot);
                 tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
@@ -108,6 +124,34 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
                 break;
             }
         }
+    }
+}
+
+/// Failed accepts that are not one client's doing (out of descriptors, out of memory): logged
+/// at most once a second with how many there were, so that a flood does not become log volume.
+#[derive(Default)]
+struct Failures {
+    since_logged: u32,
+    logged_at: Option<Instant>,
+}
+
+impl Failures {
+    fn record(&mut self, e: &io::Error, slot: usize) {
+        self.since_logged += 1;
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now - at < Duration::from_secs(1))
+        {
+            return;
+        }
+        error!(
+            "worker {slot} (pid {}): accept failed {} time(s) since the last report: {e}",
+            std::process::id(),
+            self.since_logged
+        );
+        self.since_logged = 0;
+        self.logged_at = Some(now);
     }
 }
 

@@ -20,7 +20,12 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let io = TokioIo::new(Tracked::new(io, shared.tracker.token(), shared.seat));
+    let io = TokioIo::new(Tracked::new(
+        io,
+        shared.tracker.token(),
+        shared.seat,
+        &shared.room,
+    ));
     tokio::spawn(async move { serve(io, peer, service, shared).await });
 }
 

@@ -5,6 +5,7 @@ mod activity;
 mod channel;
 mod connection;
 mod heap;
+mod room;
 mod service;
 mod stop;
 mod tracked;
@@ -68,6 +69,10 @@ pub(crate) struct Shared {
     /// Set when a stop is requested, before the shutdown delay; the drain handle fires after.
     stopping: AtomicBool,
     channel: Arc<Channel>,
+    /// The connection limit, and the wake-up when a connection closes.
+    room: room::Room,
+    /// The worker's slot, for its log lines.
+    slot: usize,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -207,6 +212,8 @@ where
         health_path: config.health_path.clone(),
         stopping: AtomicBool::new(false),
         channel: Arc::clone(&channel),
+        room: room::Room::new(config.worker_connections),
+        slot,
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));

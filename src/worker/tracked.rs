@@ -12,21 +12,24 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::room::Room;
 use crate::process::board::Seat;
 
 pub(crate) struct Tracked<IO> {
     io: IO,
     _token: TaskTrackerToken,
     seat: Seat,
+    room: &'static Room,
 }
 
 impl<IO> Tracked<IO> {
-    pub(crate) fn new(io: IO, token: TaskTrackerToken, seat: Seat) -> Self {
+    pub(crate) fn new(io: IO, token: TaskTrackerToken, seat: Seat, room: &'static Room) -> Self {
         seat.opened();
         Self {
             io,
             _token: token,
             seat,
+            room,
         }
     }
 }
@@ -34,6 +37,7 @@ impl<IO> Tracked<IO> {
 impl<IO> Drop for Tracked<IO> {
     fn drop(&mut self) {
         self.seat.closed();
+        self.room.freed();
     }
 }
 

@@ -84,6 +84,14 @@ impl Conn {
         })
     }
 
+    /// How long a read waits before it fails with [`Failure::Timeout`]; [`PATIENCE`] at first.
+    pub fn read_timeout(&self, timeout: std::time::Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+    }
+
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         self.reader

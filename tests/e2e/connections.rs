@@ -1,0 +1,65 @@
+//! The connection limit (`--worker-connections`): a full worker leaves new connections in the
+//! queue for its siblings, still serves its own, and takes connections again once one closes.
+
+use std::time::Duration;
+
+use super::http::{Conn, Failure};
+use super::support::{Bin, PATIENCE, Server};
+
+/// Opens a keep-alive connection and has it answered, so the worker surely holds it; returns
+/// it with the pid of the worker that answered.
+fn held(server: &Server) -> (Conn, String) {
+    let mut conn = Conn::connect(server.addr).unwrap();
+    let response = conn.get("/pid").unwrap();
+    assert_eq!(response.status, 200);
+    (conn, response.text())
+}
+
+#[test]
+fn a_full_worker_leaves_new_connections_to_its_sibling_and_serves_its_own() {
+    let server = Server::builder(Bin::Demo, 2)
+        .args(&["--worker-connections", "1"])
+        .start();
+    let (mut first, a) = held(&server);
+    let (second, b) = held(&server);
+    assert_ne!(a, b, "a worker at its limit took another connection");
+
+    // Both full: a third connection waits in the queue, unanswered.
+    let mut third = Conn::connect(server.addr).unwrap();
+    third.read_timeout(Duration::from_millis(300));
+    assert!(
+        matches!(third.get("/pid"), Err(Failure::Timeout)),
+        "a worker past its limit answered"
+    );
+    // Each still serves the connection it holds.
+    assert_eq!(first.get("/pid").unwrap().text(), a);
+
+    // Once one closes, its worker takes the waiting connection.
+    drop(second);
+    third.read_timeout(PATIENCE);
+    let answer = third
+        .read_response(false)
+        .expect("served once there was room");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), b);
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_logged() {
+    let server = Server::start(Bin::Demo, 1);
+    let line = server.wait_log("descriptor limit:", PATIENCE);
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        line.contains(&format!("descriptor limit: {hard} per process")),
+        "{line}"
+    );
+    let worker = server.wait_workers(1, &[])[0];
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap();
+    assert_eq!(soft, hard.to_string(), "the worker did not inherit it");
+}
