@@ -401,3 +401,21 @@ fn header_list_size(config: &Config) -> u32 {
     // At most MAX_HEAD, which fits in a u32.
     allowed.min(MAX_HEAD) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_header_list_follows_the_limits_up_to_the_head_bound() {
+        assert_eq!(header_list_size(&Config::default()) as usize, MAX_HEAD);
+        let small = Config::default()
+            .limit_request_line(100)
+            .limit_request_fields(10)
+            .limit_request_field_size(50);
+        // The line, ten fields of 50 bytes, and 32 bytes for each of them and of 4 pseudo-fields.
+        assert_eq!(header_list_size(&small), 100 + 10 * 50 + 14 * 32);
+        let unlimited = small.limit_request_field_size(0);
+        assert_eq!(header_list_size(&unlimited) as usize, MAX_HEAD);
+    }
+}
