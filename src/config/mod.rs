@@ -12,6 +12,10 @@ use std::time::Duration;
 
 pub use source::Source;
 
+/// The largest `limit_request_fields`, as gunicorn's: hyper's HTTP/1 parser allocates room for
+/// that many fields for every request, so the limit must stay modest.
+pub(crate) const MAX_REQUEST_FIELDS: usize = 32768;
+
 pub(crate) use credentials::Credentials;
 
 /// Where a log goes.
@@ -73,6 +77,10 @@ pub struct Config {
     pub(crate) linger: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) health_path: Option<String>,
+    pub(crate) limit_request_line: usize,
+    pub(crate) limit_request_fields: usize,
+    pub(crate) limit_request_field_size: usize,
+    pub(crate) http2_max_concurrent_streams: u32,
     pub(crate) root: PathBuf,
     pub(crate) root_source: Source,
     pub(crate) credentials: Credentials,
@@ -108,6 +116,10 @@ impl Default for Config {
             linger: Duration::ZERO,
             shutdown_delay: Duration::ZERO,
             health_path: None,
+            limit_request_line: 0,
+            limit_request_fields: 1,
+            limit_request_field_size: 0,
+            http2_max_concurrent_streams: 1,
             root: PathBuf::new(),
             root_source: Source::Default,
             credentials: Credentials::default(),
@@ -226,6 +238,37 @@ impl Config {
     /// while serving, 503 from the moment a stop is requested. Default: none.
     pub fn health_path(mut self, path: Option<String>) -> Self {
         self.health_path = path;
+        self
+    }
+
+    /// The longest HTTP/1 request line accepted, in bytes: method, target and version with
+    /// the spaces between them, without the line end. A longer one is answered 414 and the
+    /// connection closed. Zero leaves only the bound on the whole request head (64 KiB).
+    /// Default: 4094 bytes.
+    pub fn limit_request_line(mut self, bytes: usize) -> Self {
+        self.limit_request_line = bytes;
+        self
+    }
+
+    /// The most header fields a request may have; more are answered 431 (and an HTTP/1
+    /// connection closed). Clamped to 1..=32768. Default: 100 fields.
+    pub fn limit_request_fields(mut self, n: usize) -> Self {
+        self.limit_request_fields = n.clamp(1, MAX_REQUEST_FIELDS);
+        self
+    }
+
+    /// The longest header field accepted, in bytes: its name plus its value. A longer one is
+    /// answered 431 (and an HTTP/1 connection closed). Zero leaves only the bound on the whole
+    /// request head (64 KiB). Default: 8190 bytes.
+    pub fn limit_request_field_size(mut self, bytes: usize) -> Self {
+        self.limit_request_field_size = bytes;
+        self
+    }
+
+    /// The most streams an HTTP/2 client may have open at once on one connection; a stream
+    /// past it is refused. Values below 1 count as 1. Default: 100 streams.
+    pub fn http2_max_concurrent_streams(mut self, n: u32) -> Self {
+        self.http2_max_concurrent_streams = n.max(1);
         self
     }
 

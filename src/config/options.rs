@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::{Config, Source, credentials, value};
+use super::{Config, MAX_REQUEST_FIELDS, Source, credentials, value};
 
 /// One option. Its key names it in a config file (`graceful_timeout`); the command line spells
 /// it `--graceful-timeout` and the environment `PREFORK_GRACEFUL_TIMEOUT`.
@@ -390,6 +390,66 @@ pub(crate) static OPTIONS: &[Opt] = &[
         }),
     },
     Opt {
+        key: "limit_request_line",
+        short: None,
+        value_name: "BYTES",
+        kind: Kind::Count,
+        help: "Longest HTTP/1 request line accepted, in bytes (method, target and version, \
+               without the line end); a longer one is answered 414 and the connection closed. 0 \
+               leaves only the bound on the whole request head (64 KiB).",
+        more: "",
+        default: Initial::Value("4094"),
+        set: Set::One(|config, text, _| {
+            config.limit_request_line = value::count(text, 0)? as usize;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "limit_request_fields",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Most header fields a request may have (from 1 to 32768); more are answered 431 \
+               and the connection closed.",
+        more: "",
+        default: Initial::Value("100"),
+        set: Set::One(|config, text, _| {
+            config.limit_request_fields =
+                value::at_most(value::count(text, 1)?, MAX_REQUEST_FIELDS as u64)? as usize;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "limit_request_field_size",
+        short: None,
+        value_name: "BYTES",
+        kind: Kind::Count,
+        help: "Longest header field accepted, in bytes (its name plus its value); a longer one is \
+               answered 431 and the connection closed. 0 leaves only the bound on the whole \
+               request head (64 KiB).",
+        more: "",
+        default: Initial::Value("8190"),
+        set: Set::One(|config, text, _| {
+            config.limit_request_field_size = value::count(text, 0)? as usize;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "http2_max_concurrent_streams",
+        short: None,
+        value_name: "N",
+        kind: Kind::Count,
+        help: "Most streams an HTTP/2 client may have open at once on one connection; a stream \
+               past it is refused (RST_STREAM REFUSED_STREAM).",
+        more: "",
+        default: Initial::Value("100"),
+        set: Set::One(|config, text, _| {
+            config.http2_max_concurrent_streams =
+                value::at_most(value::count(text, 1)?, u64::from(u32::MAX))? as u32;
+            Ok(())
+        }),
+    },
+    Opt {
         key: "user",
         short: Some('u'),
         value_name: "USER",
@@ -682,6 +742,31 @@ mod tests {
         assert_eq!(config.error_logfile, LogTarget::Standard);
         assert_eq!(config.health_path, None);
         assert_eq!(config.access_logfile, None);
+        assert_eq!(config.limit_request_line, 4094);
+        assert_eq!(config.limit_request_fields, 100);
+        assert_eq!(config.limit_request_field_size, 8190);
+        assert_eq!(config.http2_max_concurrent_streams, 100);
+    }
+
+    #[test]
+    fn limits_are_bounded_as_gunicorns() {
+        let mut config = Config::default();
+        let cli = Source::Cli("limit_request_fields".into());
+        config.set("limit_request_fields", "32768", &cli).unwrap();
+        assert_eq!(config.limit_request_fields, 32768);
+        let err = config
+            .set("limit_request_fields", "32769", &cli)
+            .unwrap_err();
+        assert!(err.to_string().contains("must be at most 32768"), "{err}");
+        assert!(config.set("limit_request_fields", "0", &cli).is_err());
+        // 0: no limit of its own, as in gunicorn.
+        config.set("limit_request_line", "0", &cli).unwrap();
+        config.set("limit_request_field_size", "0", &cli).unwrap();
+        assert!(
+            config
+                .set("http2_max_concurrent_streams", "0", &cli)
+                .is_err()
+        );
     }
 
     #[test]
@@ -691,7 +776,9 @@ mod tests {
         let mut shorts = HashSet::new();
         for opt in OPTIONS {
             assert!(
-                opt.key.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                opt.key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
                 "{}",
                 opt.key
             );

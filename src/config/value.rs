@@ -40,6 +40,14 @@ pub(crate) fn count(text: &str, min: u64) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `n`, refused when it is larger than `max`.
+pub(crate) fn at_most(n: u64, max: u64) -> Result<u64, String> {
+    if n > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(n)
+}
+
 /// An address to listen on: `HOST:PORT`, `[V6]:PORT` or `unix:PATH`.
 ///
 /// Host names are resolved once, here, and every address they resolve to is bound.

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     idle_timeout: Duration,
     /// Requests for this path are answered by prefork: 200, or 503 once stopping.
     health_path: Option<String>,
+    /// What a request may hold before it is refused instead of reaching the application.
+    limits: service::Limits,
     /// Set when a stop is requested, before the shutdown delay; the drain handle fires after.
     stopping: AtomicBool,
     channel: Arc<Channel>,
@@ -210,6 +212,7 @@ where
         linger_until: OnceLock::new(),
         idle_timeout: idle_timeout(&config),
         health_path: config.health_path.clone(),
+        limits: service::Limits::new(&config),
         stopping: AtomicBool::new(false),
         channel: Arc::clone(&channel),
         room: room::Room::new(config.worker_connections),
@@ -345,15 +348,81 @@ fn open(shared: &Shared) -> usize {
     shared.tracker.len()
 }
 
+/// The largest request head (request line and header fields) read, in bytes: what one
+/// connection may make the worker buffer before hyper answers 431 and closes it. It is also
+/// the most an HTTP/2 header list may hold.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// How many header fields hyper's HTTP/1 parser takes without being told: it keeps room for
+/// them on the stack, and only a larger number costs an allocation per request.
+const HYPER_MAX_HEADERS: usize = 100;
+
+/// HTTP/2's allowance per header field on top of its name and value (RFC 9113, 6.5.2).
+const HTTP2_FIELD_OVERHEAD: usize = 32;
+
+/// HTTP/2 pseudo-header fields of a request, which stand in for the request line.
+const HTTP2_PSEUDO_FIELDS: usize = 4;
+
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .keep_alive(!config.keepalive.is_zero())
         // hyper restarts this timer before every request head, so on a keep-alive connection
         // it is also the idle timeout.
-        .header_read_timeout(idle_timeout(config));
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(idle_timeout(config))
+        // The read buffer holds the head until it is parsed: bounding it bounds the head.
+        .max_buf_size(MAX_HEAD);
+    // Past its own number of fields hyper answers 431 itself; below it the service does.
+    if config.limit_request_fields > HYPER_MAX_HEADERS {
+        http1.max_headers(config.limit_request_fields);
+    }
+    // hyper's defaults against rapid reset (pending accept resets) and CONTINUATION floods
+    // (bounded by the header list size) are kept.
     builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        .max_header_list_size(header_list_size(config));
+    builder
+}
+
+/// The largest HTTP/2 header list: what the HTTP/1 limits allow, counted as HTTP/2 counts, and
+/// never more than [`MAX_HEAD`]. A larger one is answered 431 by the h2 library.
+fn header_list_size(config: &Config) -> u32 {
+    let unlimited = config.limit_request_line == 0 || config.limit_request_field_size == 0;
+    let allowed = if unlimited {
+        MAX_HEAD
+    } else {
+        let fields = config.limit_request_fields + HTTP2_PSEUDO_FIELDS;
+        config
+            .limit_request_line
+            .saturating_add(
+                config
+                    .limit_request_fields
+                    .saturating_mul(config.limit_request_field_size),
+            )
+            .saturating_add(fields.saturating_mul(HTTP2_FIELD_OVERHEAD))
+    };
+    // At most MAX_HEAD, which fits in a u32.
+    allowed.min(MAX_HEAD) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_header_list_follows_the_limits_up_to_the_head_bound() {
+        assert_eq!(header_list_size(&Config::default()) as usize, MAX_HEAD);
+        let small = Config::default()
+            .limit_request_line(100)
+            .limit_request_fields(10)
+            .limit_request_field_size(50);
+        // The line, ten fields of 50 bytes, and 32 bytes for each of them and of 4 pseudo-fields.
+        assert_eq!(header_list_size(&small), 100 + 10 * 50 + 14 * 32);
+        let unlimited = small.limit_request_field_size(0);
+        assert_eq!(header_list_size(&unlimited) as usize, MAX_HEAD);
+    }
 }

@@ -1,6 +1,6 @@
-//! The adapter between hyper and the application's tower service: it answers the health path,
-//! hands every request the drain handle, and once the drain has begun asks HTTP/1 clients to
-//! close the connection.
+//! The adapter between hyper and the application's tower service: it refuses requests over the
+//! limits, answers the health path, hands every request the drain handle, and once the drain has
+//! begun asks HTTP/1 clients to close the connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use http::{Extensions, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::{Extensions, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -20,6 +20,7 @@ use tower::util::Oneshot;
 use super::Shared;
 use super::activity::{Activity, Answering};
 use crate::application::AppService;
+use crate::config::Config;
 use crate::drain::Drain;
 use crate::log::access::Entry;
 
@@ -67,8 +68,16 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
         let closing = http1.then_some(self.shared);
         // Boxed, so that without an access log the response future stays small.
         let entry = Entry::begin(&req, self.peer).map(Box::new);
+        if let Some(status) = self.shared.limits.refusal(&req) {
+            return ResponseFuture::Own {
+                response: Some(refused(status, http1)),
+                closing,
+                entry,
+                answering,
+            };
+        }
         if self.shared.health_path.as_deref() == Some(req.uri().path()) {
-            return ResponseFuture::Health {
+            return ResponseFuture::Own {
                 response: Some(health(self.shared.healthy())),
                 closing,
                 entry,
@@ -110,6 +119,90 @@ pub(crate) fn extensions(drain: &Drain) -> Extensions {
     extensions
 }
 
+/// What a request may hold, checked before it reaches the application (see
+/// `docs/security.md`, "Request limits"). hyper bounds the whole head and, past its own
+/// default, the number of fields (`http_builder`); what it does not check is checked here.
+pub(crate) struct Limits {
+    /// Longest HTTP/1 request line, in bytes without the line end; 0 for no limit.
+    line: usize,
+    fields: usize,
+    /// Longest field, name plus value, in bytes; 0 for no limit.
+    field_size: usize,
+}
+
+impl Limits {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            line: config.limit_request_line,
+            fields: config.limit_request_fields,
+            field_size: config.limit_request_field_size,
+        }
+    }
+
+    /// The status `req` is refused with, or `None` when it may reach the application.
+    fn refusal<B>(&self, req: &Request<B>) -> Option<StatusCode> {
+        let headers = req.headers();
+        let http1 = req.version() <= Version::HTTP_11;
+        if http1 && self.line != 0 && request_line_len(req) > self.line {
+            return Some(StatusCode::URI_TOO_LONG);
+        }
+        // `len` counts every value, so a repeated field counts each time, as on the wire.
+        if headers.len() > self.fields
+            || (self.field_size != 0
+                && headers
+                    .iter()
+                    .any(|(name, value)| name.as_str().len() + value.len() > self.field_size))
+        {
+            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        if http1 {
+            // RFC 9112: an HTTP/1.1 request has exactly one Host (HTTP/1.0 may have none), and
+            // a request with two Hosts or two Transfer-Encodings may be read one way by a
+            // proxy in front and another way here, which lets a request be smuggled past it.
+            let hosts = headers.get_all(HOST).iter().count();
+            let missing = hosts == 0 && req.version() == Version::HTTP_11;
+            if missing || hosts > 1 || headers.get_all(TRANSFER_ENCODING).iter().nth(1).is_some() {
+                return Some(StatusCode::BAD_REQUEST);
+            }
+        }
+        None
+    }
+}
+
+/// The length of an HTTP/1 request line as it came: hyper's parser (httparse) takes exactly one
+/// space between method, target and version, and the version is `HTTP/1.0` or `HTTP/1.1`.
+fn request_line_len<B>(req: &Request<B>) -> usize {
+    const VERSION: usize = "HTTP/1.1".len();
+    req.method().as_str().len() + 1 + target_len(req.uri()) + 1 + VERSION
+}
+
+/// The length of a request target as sent: origin form (`/p?q`), absolute form
+/// (`http://host/p?q`), authority form (`host:443`) or `*`. A fragment, which no client sends,
+/// is not kept by `Uri` and so not counted.
+fn target_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + "://".len());
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
+}
+
+/// The answer to a refused request; an HTTP/1 connection is closed after it, since what
+/// follows on it cannot be trusted to be framed as the refused request said.
+fn refused(status: StatusCode, http1: bool) -> Response<Full<Bytes>> {
+    let reason = status.canonical_reason().unwrap_or("refused");
+    let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if http1 {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 fn health(healthy: bool) -> Response<Full<Bytes>> {
     let (status, body) = if healthy {
         (StatusCode::OK, "ok\n")
@@ -138,7 +231,8 @@ pin_project! {
             entry: Option<Box<Entry>>,
             answering: Option<Answering>,
         },
-        Health {
+        /// A response prefork gives itself: the health path's, or a refusal.
+        Own {
             response: Option<Response<Full<Bytes>>>,
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
@@ -161,7 +255,7 @@ impl<S: AppService> Future for ResponseFuture<S> {
                 let response = std::task::ready!(inner.poll(cx))?;
                 (response.map(Either::Left), closing, entry, answering)
             }
-            Projection::Health {
+            Projection::Own {
                 response,
                 closing,
                 entry,
@@ -170,7 +264,7 @@ impl<S: AppService> Future for ResponseFuture<S> {
                 // Polled again only after it returned Ready, which hyper never does.
                 let response = response
                     .take()
-                    .expect("health response polled after completion");
+                    .expect("own response polled after completion");
                 (response.map(Either::Right), closing, entry, answering)
             }
         };
@@ -186,5 +280,30 @@ impl<S: AppService> Future for ResponseFuture<S> {
             entry.finish(&response);
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_target_is_measured_as_sent() {
+        for target in [
+            "/",
+            "/a/b?c=d&e",
+            "http://example.com:8080/p?q",
+            "example.com:443",
+            "*",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            assert_eq!(target_len(&uri), target.len(), "{target}");
+        }
+    }
+
+    #[test]
+    fn a_request_line_counts_method_target_version_and_two_spaces() {
+        let req = Request::get("/abc").body(()).unwrap();
+        assert_eq!(request_line_len(&req), "GET /abc HTTP/1.1".len());
     }
 }

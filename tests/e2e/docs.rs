@@ -284,8 +284,11 @@ fn config_keys(text: &str) -> Vec<(String, bool)> {
             };
             let (key, _) = line.split_once('=')?;
             let key = key.trim_end();
-            (!key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-                .then(|| (key.to_string(), commented))
+            (!key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .then(|| (key.to_string(), commented))
         })
         .collect()
 }

@@ -8,6 +8,7 @@ mod drain;
 mod h2;
 mod http;
 mod layers;
+mod limits;
 mod load;
 mod logs;
 mod serve;
