@@ -10,6 +10,7 @@ mod layers;
 mod load;
 mod logs;
 mod serve;
+mod static_root;
 mod supervise;
 mod upgrade;
 
