@@ -35,9 +35,11 @@ type Files = ServeDir<DefaultServeDirFallback, CacheFirst>;
 /// here, and symbolic links leading out of it are not followed unless `follow_symlinks`.
 /// Hidden files (a segment starting with `.`, except under `/.well-known/`) are not served
 /// unless `serve_hidden`, nor is anything but regular files. All of these answer 404, as a
-/// missing file does, and so does a directory without `index.html`: one answer for every
-/// refusal tells a client nothing about what exists (nginx answers 403 there, for its
-/// autoindex switch, which prefork does not have).
+/// missing file does, and so does a directory without `index.html`, with or without the
+/// trailing slash: one answer for every refusal tells a client nothing about what exists
+/// beyond what it could fetch anyway. nginx answers 403 there because its autoindex switch
+/// could list the directory; prefork never lists one, so nothing there is forbidden, only
+/// absent.
 ///
 /// A Range with several ranges, or in a unit other than `bytes`, is ignored and the whole
 /// file sent with 200, as RFC 9110 (section 14.2) allows and requires: a multipart answer

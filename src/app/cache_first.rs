@@ -112,17 +112,33 @@ impl Backend for CacheFirst {
         }
     }
 
+    /// The attributes of a regular file, or of a directory that has an [`INDEX`]: ServeDir
+    /// serves a directory through its index only, and one without it is not found, the same
+    /// with or without the trailing slash (rather than a redirect to a 404).
     fn metadata(&self, path: PathBuf) -> Self::MetadataFuture {
         let rel = match self.root.relative(&path) {
             Ok(rel) => rel,
             Err(e) => return Answer::Now(ready(Err(e))),
         };
-        match self.root.lookup_cached(rel, metadata_how()) {
-            Some(fd) => Answer::Now(ready(fd.and_then(|fd| stat_cached(fd.as_fd())?.servable()))),
+        let stat_cached = |rel: &Path| {
+            let fd = self.root.lookup_cached(rel, metadata_how())?;
+            Some(fd.and_then(|fd| stat_cached(fd.as_fd())?.servable()))
+        };
+        let answer = match stat_cached(rel) {
+            Some(Ok(dir)) if dir.kind == Kind::Dir => {
+                stat_cached(&rel.join(INDEX)).map(|index| dir.with_index(index?))
+            }
+            answer => answer,
+        };
+        match answer {
+            Some(answer) => Answer::Now(ready(answer)),
             None => metadata_on_pool(Arc::clone(&self.root), rel.to_path_buf()),
         }
     }
 }
+
+/// The file ServeDir serves for a directory (`append_index_html_on_directories`).
+const INDEX: &str = "index.html";
 
 /// How a file is opened to be served. O_NONBLOCK: opening a FIFO someone left under the root
 /// must not stall a thread until a writer comes (it is then refused as not a regular file);
@@ -146,8 +162,15 @@ fn open_on_pool(root: Arc<Root>, rel: PathBuf) -> Answer<CachedFile> {
 
 fn metadata_on_pool(root: Arc<Root>, rel: PathBuf) -> Answer<Stat> {
     Answer::Pool(tokio::task::spawn_blocking(move || {
-        let file = fs::File::from(root.lookup(&rel, metadata_how())?);
-        Stat::from(file.metadata()?).servable()
+        let stat = |rel: &Path| {
+            let file = fs::File::from(root.lookup(rel, metadata_how())?);
+            Stat::from(file.metadata()?).servable()
+        };
+        let found = stat(&rel)?;
+        if found.kind == Kind::Dir {
+            return found.with_index(stat(&rel.join(INDEX))?);
+        }
+        Ok(found)
     }))
 }
 
@@ -297,6 +320,15 @@ impl Stat {
     /// a directory.
     fn servable(self) -> io::Result<Stat> {
         if self.kind == Kind::Other {
+            return Err(not_found());
+        }
+        Ok(self)
+    }
+
+    /// These attributes of a directory, given those of its index, or not found when the index
+    /// is not a regular file.
+    fn with_index(self, index: Stat) -> io::Result<Stat> {
+        if index.kind != Kind::File {
             return Err(not_found());
         }
         Ok(self)
@@ -591,8 +623,13 @@ mod tests {
                 (of_open.len(), of_open.modified().unwrap()),
                 (1234, stat.modified().unwrap())
             );
+            let no_index = files.metadata(served("")).await.unwrap_err();
+            assert_eq!(no_index.kind(), io::ErrorKind::NotFound);
+            fs::write(dir.path().join(INDEX), b"index").unwrap();
             let of_dir = files.metadata(served("")).await.unwrap();
             assert!(of_dir.is_dir());
+            let pooled = metadata_on_pool(Arc::clone(&files.root), "".into()).await;
+            assert!(pooled.unwrap().is_dir());
         });
     }
 

@@ -13,12 +13,16 @@ use super::support::{Bin, Server};
 /// What only the files outside the root contain: no response may carry it.
 const SECRET: &str = "outside the root";
 const FILE: &str = "0123456789abcdefghij";
+/// A directory whose name a browser would read as a host after a leading `/`: a plain name on
+/// Linux.
+const BACKSLASHED: &str = "\\host";
 
 /// A site and, beside it, a directory it must not reach:
 ///
 /// ```text
 /// outside/secret
-/// root/file.txt  sub/index.html  empty/  .env  .git/config  sub/.hidden  .well-known/x  fifo
+/// root/file.txt  sub/index.html  \host/index.html  empty/  .env  .git/config  sub/.hidden
+///      .well-known/x  fifo
 /// root/inside -> file.txt    root/sub/up -> ../file.txt       (beneath the root)
 /// root/etc -> /…/outside     root/up -> ../outside             (out of it)
 /// ```
@@ -27,11 +31,12 @@ fn site() -> tempfile::TempDir {
     let (outside, root) = (site.path().join("outside"), site.path().join("root"));
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("secret"), SECRET).unwrap();
-    for dir in ["sub", "empty", ".git", ".well-known"] {
+    for dir in ["sub", "empty", ".git", ".well-known", BACKSLASHED] {
         fs::create_dir_all(root.join(dir)).unwrap();
     }
     fs::write(root.join("file.txt"), FILE).unwrap();
     fs::write(root.join("sub/index.html"), "<p>sub</p>").unwrap();
+    fs::write(root.join(BACKSLASHED).join("index.html"), "<p>host</p>").unwrap();
     fs::write(root.join(".env"), SECRET).unwrap();
     fs::write(root.join(".git/config"), SECRET).unwrap();
     fs::write(root.join("sub/.hidden"), SECRET).unwrap();
@@ -232,6 +237,9 @@ fn a_directory_redirect_never_names_another_host() {
         ("/sub", "/sub/"),
         ("//sub", "/sub/"),
         ("///sub?x=1", "/sub/?x=1"),
+        // A directory named `\host`: browsers read `/\host/` as `//host/`.
+        ("/\\host", "/%5Chost/"),
+        ("/%5Chost", "/%5Chost/"),
     ] {
         let redirect = get(&server, path);
         assert!(
@@ -248,7 +256,15 @@ fn a_directory_redirect_never_names_another_host() {
 fn a_directory_without_an_index_is_not_found() {
     let site = site();
     let server = serve(&site, &[]);
-    assert_eq!(status(&server, "/empty/"), 404);
+    // Not a redirect from /empty to a 404 at /empty/: one answer, as for any missing path.
+    for path in ["/empty/", "/empty", "//empty"] {
+        assert_eq!(status(&server, path), 404, "{path}");
+    }
+    let head = Conn::connect(server.addr)
+        .unwrap()
+        .request("HEAD", "/empty", &[])
+        .unwrap();
+    assert_eq!(head.status, 404);
     assert!(!Path::new(&site.path().join("root/empty/index.html")).exists());
 }
 
