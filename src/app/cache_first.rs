@@ -82,6 +82,14 @@ impl CacheFirst {
             resolve,
             serve_hidden,
         };
+        // Without openat2 (Linux 5.6), or with a seccomp filter refusing it, no path could be
+        // kept beneath the root: say so once, at start, rather than answer every request 500.
+        root.lookup(Path::new("."), metadata_how()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot resolve paths beneath it (openat2, Linux 5.6): {e}"),
+            )
+        })?;
         Ok(CacheFirst {
             root: Arc::new(root),
         })
@@ -735,6 +743,10 @@ mod tests {
             })
         };
         let strict = backend(&dir);
+        // The calling thread answers what the dentry cache holds (just written): the rules
+        // cost no trip to the pool.
+        let cached = strict.root.lookup_cached(Path::new("in"), open_how());
+        assert!(matches!(cached, Some(Ok(_))), "{cached:?}");
         for refused in ["out/secret", ".env", ".well-known/.x", "", &long, "f/x"] {
             assert!(!found(&strict, refused), "{refused:?} was served");
         }
