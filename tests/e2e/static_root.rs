@@ -78,6 +78,19 @@ fn status(server: &Server, path: &str) -> u16 {
     get(server, path).status
 }
 
+/// Each of `paths` answers 200 with `body`.
+fn assert_served(server: &Server, paths: &[&str], body: &str) {
+    let mut conn = Conn::connect(server.addr).unwrap();
+    for path in paths {
+        let answer = conn.get(path).unwrap();
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (200, body),
+            "{path}"
+        );
+    }
+}
+
 #[test]
 fn symlinks_out_of_the_root_are_not_followed() {
     let site = site();
@@ -85,25 +98,15 @@ fn symlinks_out_of_the_root_are_not_followed() {
     assert_eq!(status(&server, "/etc/secret"), 404, "absolute link out");
     assert_eq!(status(&server, "/up/secret"), 404, "relative link out");
     assert_eq!(status(&server, "/etc/"), 404);
-    let inside = get(&server, "/inside");
-    assert_eq!((inside.status, inside.text().as_str()), (200, FILE));
-    let up = get(&server, "/sub/up");
-    assert_eq!(
-        (up.status, up.text().as_str()),
-        (200, FILE),
-        "../ kept beneath"
-    );
+    // A relative link, and one whose ../ stays beneath the root.
+    assert_served(&server, &["/inside", "/sub/up"], FILE);
 }
 
 #[test]
 fn follow_symlinks_follows_them_anywhere() {
     let site = site();
     let server = serve(&site, &["--follow-symlinks"]);
-    let mut conn = Conn::connect(server.addr).unwrap();
-    for path in ["/etc/secret", "/up/secret"] {
-        let out = conn.get(path).unwrap();
-        assert_eq!((out.status, out.text().as_str()), (200, SECRET), "{path}");
-    }
+    assert_served(&server, &["/etc/secret", "/up/secret"], SECRET);
     assert_eq!(status(&server, "/.env"), 404, "hidden files stay hidden");
 }
 
@@ -124,23 +127,14 @@ fn hidden_files_are_not_found_except_well_known() {
     ] {
         assert_eq!(status(&server, path), 404, "{path}");
     }
-    let known = get(&server, "/.well-known/x");
-    assert_eq!((known.status, known.text().as_str()), (200, "known"));
+    assert_served(&server, &["/.well-known/x"], "known");
 }
 
 #[test]
 fn serve_hidden_serves_them() {
     let site = site();
     let server = serve(&site, &["--serve-hidden"]);
-    let mut conn = Conn::connect(server.addr).unwrap();
-    for path in ["/.env", "/.git/config", "/sub/.hidden"] {
-        let hidden = conn.get(path).unwrap();
-        assert_eq!(
-            (hidden.status, hidden.text().as_str()),
-            (200, SECRET),
-            "{path}"
-        );
-    }
+    assert_served(&server, &["/.env", "/.git/config", "/sub/.hidden"], SECRET);
 }
 
 #[test]
