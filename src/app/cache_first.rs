@@ -128,13 +128,13 @@ impl Backend for CacheFirst {
             Ok(rel) => rel,
             Err(e) => return Answer::Now(ready(Err(e))),
         };
-        let stat_cached = |rel: &Path| {
+        let servable_cached = |rel: &Path| {
             let fd = self.root.lookup_cached(rel, metadata_how())?;
             Some(fd.and_then(|fd| stat_cached(fd.as_fd())?.servable()))
         };
-        let answer = match stat_cached(rel) {
+        let answer = match servable_cached(rel) {
             Some(Ok(dir)) if dir.kind == Kind::Dir => {
-                stat_cached(&rel.join(INDEX)).map(|index| dir.with_index(index?))
+                servable_cached(&rel.join(INDEX)).map(|index| dir.with_index(index?))
             }
             answer => answer,
         };
@@ -241,8 +241,8 @@ fn dot_if_empty(rel: &Path) -> &Path {
 /// is "not found", which ServeDir answers with 404: a link leading out of the root (EXDEV)
 /// or a magic link or loop (ELOOP), a segment or path too long for the file system
 /// (ENAMETOOLONG), a file in place of a directory (ENOTDIR), a socket or a device without a
-/// driver (ENXIO), no permission (EACCES). ServeDir answers other errors with 500, for
-/// faults of the server rather than of the request.
+/// driver (ENXIO), no permission (EACCES); and ENOENT, of course. ServeDir answers other
+/// errors with 500, for faults of the server rather than of the request.
 fn refused(e: Errno) -> io::Error {
     match e {
         Errno::EXDEV
@@ -250,8 +250,7 @@ fn refused(e: Errno) -> io::Error {
         | Errno::ENAMETOOLONG
         | Errno::ENOTDIR
         | Errno::ENXIO
-        | Errno::EACCES
-        | Errno::ENOENT => not_found(),
+        | Errno::EACCES => not_found(),
         e => e.into(),
     }
 }
