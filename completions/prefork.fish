@@ -52,6 +52,8 @@ complete -c prefork -n "__fish_prefork_using_subcommand serve" -l umask -d 'File
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is the user and group prefork runs as. [default: from the umask]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r -F
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l root -d 'Directory served by the built-in static file app. [default: .]' -r -f -a "(__fish_complete_directories)"
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l follow-symlinks -d 'Let the static file app follow symbolic links wherever they lead, as nginx does by default. [default: false]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand serve" -l serve-hidden -d 'Let the static file app serve hidden files and directories, whose names start with a dot (.env, .git/). [default: false]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r -F
@@ -83,6 +85,8 @@ complete -c prefork -n "__fish_prefork_using_subcommand check" -l umask -d 'File
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is the user and group prefork runs as. [default: from the umask]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r -F
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l root -d 'Directory served by the built-in static file app. [default: .]' -r -f -a "(__fish_complete_directories)"
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l follow-symlinks -d 'Let the static file app follow symbolic links wherever they lead, as nginx does by default. [default: false]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l serve-hidden -d 'Let the static file app serve hidden files and directories, whose names start with a dot (.env, .git/). [default: false]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r -F

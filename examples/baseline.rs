@@ -113,7 +113,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     );
     match args.root {
         Some(root) => {
-            let app = prefork::app::static_files(&root);
+            let app = prefork::app::static_files(&prefork::Config::default().root(root))?;
             serve(listener, TowerToHyperService::new(app)).await
         }
         None => serve(listener, TowerToHyperService::new(hello())).await,

@@ -50,7 +50,7 @@ fn arg(opt: &Opt) -> Arg {
             Kind::File => ValueHint::FilePath,
             Kind::Dir => ValueHint::DirPath,
             // Numbers are typed, not completed; addresses may be unix socket paths.
-            Kind::Count | Kind::Duration => ValueHint::Other,
+            Kind::Count | Kind::Duration | Kind::Flag => ValueHint::Other,
             Kind::Addrs | Kind::Text => ValueHint::Unknown,
         });
     if !opt.more.is_empty() {
@@ -58,6 +58,15 @@ fn arg(opt: &Opt) -> Arg {
     }
     if opt.kind == Kind::Addrs {
         arg = arg.action(ArgAction::Append).value_delimiter(',');
+    }
+    if opt.kind == Kind::Flag {
+        // A value only after `=`, so that the flag never takes the next argument as its own.
+        // Not clap's SetTrue: its value is no string, and PREFORK_* variables then take only
+        // clap's own spellings of yes and no.
+        arg = arg
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true");
     }
     arg
 }
@@ -206,5 +215,23 @@ mod tests {
         assert_eq!(config.graceful_timeout, std::time::Duration::from_secs(10));
         assert_eq!(config.bind.len(), 2);
         assert_eq!(config.bind_source, Source::Cli("bind".into()));
+    }
+
+    #[test]
+    fn flags_need_no_value() {
+        let parse_check = |extra: &[&str]| {
+            let args = ["prefork", "check"].iter().chain(extra).map(OsString::from);
+            match parse(args) {
+                Ok(Action::Check(config)) => (config.follow_symlinks, config.serve_hidden),
+                _ => panic!("check {extra:?} did not parse"),
+            }
+        };
+        assert_eq!(parse_check(&[]), (false, false));
+        assert_eq!(
+            parse_check(&["--follow-symlinks", "--serve-hidden"]),
+            (true, true)
+        );
+        assert_eq!(parse_check(&["--follow-symlinks=false"]), (false, false));
+        assert_eq!(parse_check(&["--serve-hidden=yes"]), (false, true));
     }
 }

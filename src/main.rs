@@ -3,7 +3,16 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    prefork::main(|worker| prefork::app::static_files(worker.config().root_dir()))
+    prefork::main(|worker| {
+        // A worker that cannot open the root cannot serve: the panic is caught, logged, and
+        // the worker exits as failing to boot, as at any other factory failure.
+        prefork::app::static_files(worker.config()).unwrap_or_else(|e| {
+            panic!(
+                "cannot open the root directory {}: {e}",
+                worker.config().root_dir().display()
+            )
+        })
+    })
 }
 
 /// The one C math function the program calls (tokio's multi-thread scheduler weighs task poll

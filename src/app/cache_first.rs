@@ -10,14 +10,20 @@
 //! at all (an older kernel, a seccomp filter, a file system without `RWF_NOWAIT`), the same
 //! call runs on the blocking pool, as tokio::fs would have. So a worker never stalls its
 //! other connections on a cold disk or a slow network file system.
+//!
+//! Every path is also resolved beneath the served directory, opened once (`openat2` from its
+//! descriptor, with `RESOLVE_BENEATH` unless symbolic links may lead anywhere), and only
+//! regular files are opened to be served: what the request's path cannot reach by the
+//! directory tree, or should not be sent, is not found.
 
 use std::ffi::CStr;
 use std::fs;
 use std::future::{Future, Ready, ready};
 use std::io::{self, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -29,9 +35,70 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 use tower_http::services::fs::{Backend, File, Metadata};
 
-/// The backend: stateless, so every worker and connection can share it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CacheFirst;
+/// The backend: the served directory, opened once, from which every path is resolved. Cloned
+/// into every connection; clones share the directory.
+#[derive(Clone, Debug)]
+pub struct CacheFirst {
+    root: Arc<Root>,
+}
+
+/// The served directory and what may be served from it.
+#[derive(Debug)]
+struct Root {
+    /// Opened with `O_PATH`: a handle to resolve from, never read.
+    dir: OwnedFd,
+    /// How a path is resolved beneath `dir` (see [`CacheFirst::new`]).
+    resolve: ResolveFlag,
+    serve_hidden: bool,
+}
+
+impl CacheFirst {
+    /// Serves what lies beneath the directory `root`, which is opened now: a path given later
+    /// is resolved from this directory, never from the working directory, so renaming or
+    /// replacing `root` does not change what is served until the next start.
+    ///
+    /// Unless `follow_symlinks`, a symbolic link is followed only while it stays beneath
+    /// `root` (`RESOLVE_BENEATH`): a link to anything outside, or to an absolute path (even one
+    /// that leads back inside), is not found. With it, links are followed anywhere, as nginx
+    /// does by default. Magic links (`/proc/PID/fd/N`, `/proc/PID/root`) are never followed.
+    /// Unless `serve_hidden`, a path with a segment that starts with `.` is not found, except
+    /// under `.well-known/` (RFC 8615).
+    ///
+    /// The backend expects paths as [`ServeDir`](tower_http::services::ServeDir) builds them
+    /// from the base `/` ([`BASE`]): the request's path, decoded, without `..`.
+    pub fn new(root: &Path, follow_symlinks: bool, serve_hidden: bool) -> io::Result<Self> {
+        let dir = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let resolve = if follow_symlinks {
+            ResolveFlag::RESOLVE_NO_MAGICLINKS
+        } else {
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        };
+        let root = Root {
+            dir,
+            resolve,
+            serve_hidden,
+        };
+        // Without openat2 (Linux 5.6), or with a seccomp filter refusing it, no path could be
+        // kept beneath the root: say so once, at start, rather than answer every request 500.
+        root.lookup(Path::new("."), metadata_how()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot resolve paths beneath it (openat2, Linux 5.6): {e}"),
+            )
+        })?;
+        Ok(CacheFirst {
+            root: Arc::new(root),
+        })
+    }
+}
+
+/// The base the backend's `ServeDir` is built on: every path it is handed starts with it, and
+/// the rest is taken from the root directory.
+pub const BASE: &str = "/";
 
 impl Backend for CacheFirst {
     type File = CachedFile;
@@ -40,39 +107,156 @@ impl Backend for CacheFirst {
     type MetadataFuture = Answer<Stat>;
 
     fn open(&self, path: PathBuf) -> Self::OpenFuture {
-        // O_NONBLOCK: opening a FIFO someone left under the root must not stall the worker's
-        // thread until a writer comes; it does nothing to regular files.
-        let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK);
-        let opened = lookup_cached(&path, how)
-            .map(|fd| fd.and_then(|fd| Ok((stat_cached(fd.as_fd())?, fd))));
-        match opened {
-            Some(Ok((stat, fd))) => Answer::Now(ready(Ok(CachedFile::new(fd.into(), stat)))),
-            Some(Err(e)) => Answer::Now(ready(Err(e))),
-            None => open_on_pool(path),
+        let rel = match self.root.relative(&path) {
+            Ok(rel) => rel,
+            Err(e) => return Answer::Now(ready(Err(e))),
+        };
+        match self.root.lookup_cached(rel, open_how()) {
+            Some(fd) => Answer::Now(ready(fd.and_then(|fd| {
+                let stat = stat_cached(fd.as_fd())?;
+                CachedFile::regular(fd.into(), stat)
+            }))),
+            None => open_on_pool(Arc::clone(&self.root), rel.to_path_buf()),
         }
     }
 
+    /// The attributes of a regular file, or of a directory that has an [`INDEX`]: ServeDir
+    /// serves a directory through its index only, and one without it is not found, the same
+    /// with or without the trailing slash (rather than a redirect to a 404).
     fn metadata(&self, path: PathBuf) -> Self::MetadataFuture {
-        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC);
-        match lookup_cached(&path, how).map(|fd| fd.and_then(|fd| stat_cached(fd.as_fd()))) {
+        let rel = match self.root.relative(&path) {
+            Ok(rel) => rel,
+            Err(e) => return Answer::Now(ready(Err(e))),
+        };
+        let servable_cached = |rel: &Path| {
+            let fd = self.root.lookup_cached(rel, metadata_how())?;
+            Some(fd.and_then(|fd| stat_cached(fd.as_fd())?.servable()))
+        };
+        let answer = match servable_cached(rel) {
+            Some(Ok(dir)) if dir.kind == Kind::Dir => {
+                servable_cached(&rel.join(INDEX)).map(|index| dir.with_index(index?))
+            }
+            answer => answer,
+        };
+        match answer {
             Some(answer) => Answer::Now(ready(answer)),
-            None => metadata_on_pool(path),
+            None => metadata_on_pool(Arc::clone(&self.root), rel.to_path_buf()),
         }
     }
 }
 
-fn open_on_pool(path: PathBuf) -> Answer<CachedFile> {
+/// The file ServeDir serves for a directory (`append_index_html_on_directories`).
+const INDEX: &str = "index.html";
+
+/// How a file is opened to be served. O_NONBLOCK: opening a FIFO someone left under the root
+/// must not stall a thread until a writer comes (it is then refused as not a regular file);
+/// it does nothing to regular files. O_NOCTTY: a terminal device never becomes the worker's.
+fn open_how() -> OpenHow {
+    OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+}
+
+/// How a path is looked up for its attributes: no file is opened.
+fn metadata_how() -> OpenHow {
+    OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+}
+
+fn open_on_pool(root: Arc<Root>, rel: PathBuf) -> Answer<CachedFile> {
     Answer::Pool(tokio::task::spawn_blocking(move || {
-        let file = fs::File::open(&path)?;
+        let file = fs::File::from(root.lookup(&rel, open_how())?);
         let stat = Stat::from(file.metadata()?);
-        Ok(CachedFile::new(file, stat))
+        CachedFile::regular(file, stat)
     }))
 }
 
-fn metadata_on_pool(path: PathBuf) -> Answer<Stat> {
+fn metadata_on_pool(root: Arc<Root>, rel: PathBuf) -> Answer<Stat> {
     Answer::Pool(tokio::task::spawn_blocking(move || {
-        fs::metadata(&path).map(Stat::from)
+        let stat = |rel: &Path| {
+            let file = fs::File::from(root.lookup(rel, metadata_how())?);
+            Stat::from(file.metadata()?).servable()
+        };
+        let found = stat(&rel)?;
+        if found.kind == Kind::Dir {
+            return found.with_index(stat(&rel.join(INDEX))?);
+        }
+        Ok(found)
     }))
+}
+
+impl Root {
+    /// The part of `path` to resolve from the root directory, or not found when it may not be
+    /// served.
+    fn relative<'a>(&self, path: &'a Path) -> io::Result<&'a Path> {
+        // ServeDir builds every path on BASE; another path is not one of the root's.
+        let rel = path.strip_prefix(BASE).map_err(|_| not_found())?;
+        // A NUL (from %00) would end the path early for the kernel; nix refuses it with
+        // EINVAL, which would read as "no openat2" below.
+        if rel.as_os_str().as_bytes().contains(&0) {
+            return Err(not_found());
+        }
+        if !self.serve_hidden {
+            let mut segments = rel.components().map(|c| c.as_os_str().as_bytes());
+            let first_shown = segments
+                .next()
+                .is_none_or(|first| first == b".well-known" || !first.starts_with(b"."));
+            if !first_shown || segments.any(|segment| segment.starts_with(b".")) {
+                return Err(not_found());
+            }
+        }
+        Ok(rel)
+    }
+
+    /// Opens `rel` beneath the root, waiting on storage if need be: for the blocking pool.
+    fn lookup(&self, rel: &Path, how: OpenHow) -> io::Result<OwnedFd> {
+        nix::fcntl::openat2(&self.dir, dot_if_empty(rel), how.resolve(self.resolve))
+            .map_err(refused)
+    }
+
+    /// Opens `rel` beneath the root if the kernel can resolve it from its dentry cache alone;
+    /// `None` when it would have to read a directory from storage, or cannot tell (see the
+    /// module's doc).
+    fn lookup_cached(&self, rel: &Path, how: OpenHow) -> Option<io::Result<OwnedFd>> {
+        let cached = ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED);
+        let how = how.resolve(self.resolve | cached);
+        match nix::fcntl::openat2(&self.dir, dot_if_empty(rel), how) {
+            Ok(fd) => Some(Ok(fd)),
+            // EAGAIN: not cached. ENOSYS, EINVAL: no openat2 or no RESOLVE_CACHED. EPERM: a
+            // seccomp filter refusing it. The pool then makes the call without
+            // RESOLVE_CACHED, and reports what stays wrong.
+            Err(Errno::EAGAIN | Errno::ENOSYS | Errno::EINVAL | Errno::EPERM) => None,
+            Err(e) => Some(Err(refused(e))),
+        }
+    }
+}
+
+/// The root itself is `.` to openat2, which refuses an empty path.
+fn dot_if_empty(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
+}
+
+/// What a failed lookup answers. Whatever says that the path cannot be served from the root
+/// is "not found", which ServeDir answers with 404: a link leading out of the root (EXDEV)
+/// or a magic link or loop (ELOOP), a segment or path too long for the file system
+/// (ENAMETOOLONG), a file in place of a directory (ENOTDIR), a socket or a device without a
+/// driver (ENXIO), no permission (EACCES); and ENOENT, of course. ServeDir answers other
+/// errors with 500, for faults of the server rather than of the request.
+fn refused(e: Errno) -> io::Error {
+    match e {
+        Errno::EXDEV
+        | Errno::ELOOP
+        | Errno::ENAMETOOLONG
+        | Errno::ENOTDIR
+        | Errno::ENXIO
+        | Errno::EACCES => not_found(),
+        e => e.into(),
+    }
+}
+
+fn not_found() -> io::Error {
+    io::ErrorKind::NotFound.into()
 }
 
 /// The answer to a call: already there, or coming from the blocking pool.
@@ -97,14 +281,14 @@ impl<T> Future for Answer<T> {
 /// What `ServeDir` needs of a file's attributes.
 #[derive(Clone, Copy, Debug)]
 pub struct Stat {
-    dir: bool,
+    kind: Kind,
     len: u64,
     modified: Option<SystemTime>,
 }
 
 impl Metadata for Stat {
     fn is_dir(&self) -> bool {
-        self.dir
+        self.kind == Kind::Dir
     }
 
     fn modified(&self) -> io::Result<SystemTime> {
@@ -117,10 +301,51 @@ impl Metadata for Stat {
     }
 }
 
+/// What a path names, as far as serving goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A regular file: served.
+    File,
+    /// A directory: looked into for its index.
+    Dir,
+    /// A FIFO, socket or device: never served, as if absent.
+    Other,
+}
+
+impl Kind {
+    fn of_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            _ => Kind::Other,
+        }
+    }
+}
+
+impl Stat {
+    /// These attributes, or not found when they are of something other than a regular file or
+    /// a directory.
+    fn servable(self) -> io::Result<Stat> {
+        if self.kind == Kind::Other {
+            return Err(not_found());
+        }
+        Ok(self)
+    }
+
+    /// These attributes of a directory, given those of its index, or not found when the index
+    /// is not a regular file.
+    fn with_index(self, index: Stat) -> io::Result<Stat> {
+        if index.kind != Kind::File {
+            return Err(not_found());
+        }
+        Ok(self)
+    }
+}
+
 impl From<fs::Metadata> for Stat {
     fn from(meta: fs::Metadata) -> Self {
         Stat {
-            dir: meta.is_dir(),
+            kind: Kind::of_mode(meta.mode()),
             len: meta.len(),
             modified: meta.modified().ok(),
         }
@@ -141,13 +366,19 @@ pub struct CachedFile {
 const POOL_READ_MAX: usize = super::READ_CHUNK;
 
 impl CachedFile {
-    fn new(file: fs::File, stat: Stat) -> Self {
-        CachedFile {
+    /// The open `file` with attributes `stat`, or not found when it is not a regular file:
+    /// ServeDir opens only what it means to send, and reading a directory fails while a FIFO,
+    /// socket or device could hold a thread or answer anything.
+    fn regular(file: fs::File, stat: Stat) -> io::Result<Self> {
+        if stat.kind != Kind::File {
+            return Err(not_found());
+        }
+        Ok(CachedFile {
             file: Arc::new(file),
             stat,
             offset: 0,
             pending: None,
-        }
+        })
     }
 
     /// Starts reading up to `len` bytes at the offset on the blocking pool.
@@ -234,19 +465,6 @@ impl File for CachedFile {
     }
 }
 
-/// Opens `path` if the kernel can resolve it from its dentry cache alone; `None` when it
-/// would have to read a directory from storage, or cannot tell (see the module's doc).
-fn lookup_cached(path: &std::path::Path, how: OpenHow) -> Option<io::Result<OwnedFd>> {
-    let how = how.resolve(ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED));
-    match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
-        Ok(fd) => Some(Ok(fd)),
-        // EAGAIN: not cached. ENOSYS, EINVAL: no openat2 or no RESOLVE_CACHED (or a NUL in
-        // the path, which the pool reports properly). EPERM: a seccomp filter refusing it.
-        Err(Errno::EAGAIN | Errno::ENOSYS | Errno::EINVAL | Errno::EPERM) => None,
-        Err(e) => Some(Err(e.into())),
-    }
-}
-
 /// The attributes of an open descriptor, as cached: on a network file system they may be a
 /// few seconds old, as its own attribute cache allows.
 fn stat_cached(fd: BorrowedFd<'_>) -> io::Result<Stat> {
@@ -278,7 +496,7 @@ fn stat_cached(fd: BorrowedFd<'_>) -> io::Result<Stat> {
         second + Duration::from_nanos(time.tv_nsec.into())
     });
     Ok(Stat {
-        dir: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
+        kind: Kind::of_mode(u32::from(stx.stx_mode)),
         len: stx.stx_size,
         modified,
     })
@@ -341,6 +559,16 @@ mod tests {
             .expect("build a runtime")
     }
 
+    /// The backend over `dir` with the defaults: links kept beneath, hidden files refused.
+    fn backend(dir: &tempfile::TempDir) -> CacheFirst {
+        CacheFirst::new(dir.path(), false, false).expect("open the root")
+    }
+
+    /// A path as ServeDir hands it to the backend.
+    fn served(rel: &str) -> PathBuf {
+        Path::new(BASE).join(rel)
+    }
+
     fn dir_with(name: &str, bytes: &[u8]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("make a temporary directory");
         fs::write(dir.path().join(name), bytes).expect("write the file");
@@ -353,7 +581,7 @@ mod tests {
         let bytes = contents(3 * POOL_READ_MAX + 1000);
         let dir = dir_with("f", &bytes);
         runtime().block_on(async {
-            let mut file = CacheFirst.open(dir.path().join("f")).await.unwrap();
+            let mut file = backend(&dir).open(served("f")).await.unwrap();
             let mut read = Vec::new();
             file.read_to_end(&mut read).await.unwrap();
             assert!(read == bytes, "the bytes read differ from the file's");
@@ -365,7 +593,7 @@ mod tests {
         let bytes = contents(10_000);
         let dir = dir_with("f", &bytes);
         runtime().block_on(async {
-            let mut file = CacheFirst.open(dir.path().join("f")).await.unwrap();
+            let mut file = backend(&dir).open(served("f")).await.unwrap();
             let mut four = [0; 4];
             assert_eq!(file.seek(SeekFrom::Start(100)).await.unwrap(), 100);
             file.read_exact(&mut four).await.unwrap();
@@ -389,42 +617,47 @@ mod tests {
     #[test]
     fn metadata_matches_the_file_system() {
         let dir = dir_with("f", &contents(1234));
-        let path = dir.path().join("f");
-        let expected = fs::metadata(&path).unwrap();
+        let expected = fs::metadata(dir.path().join("f")).unwrap();
+        let (files, path) = (backend(&dir), served("f"));
         runtime().block_on(async {
-            let stat = CacheFirst.metadata(path.clone()).await.unwrap();
+            let stat = files.metadata(path.clone()).await.unwrap();
             assert!(!stat.is_dir());
             assert_eq!(stat.len(), 1234);
             assert_eq!(stat.modified().unwrap(), expected.modified().unwrap());
-            let open = CacheFirst.open(path.clone()).await.unwrap();
+            let open = files.open(path.clone()).await.unwrap();
             let of_open = open.metadata().await.unwrap();
             assert_eq!(
                 (of_open.len(), of_open.modified().unwrap()),
                 (1234, stat.modified().unwrap())
             );
-            let of_dir = CacheFirst.metadata(dir.path().to_path_buf()).await.unwrap();
+            let no_index = files.metadata(served("")).await.unwrap_err();
+            assert_eq!(no_index.kind(), io::ErrorKind::NotFound);
+            fs::write(dir.path().join(INDEX), b"index").unwrap();
+            let of_dir = files.metadata(served("")).await.unwrap();
             assert!(of_dir.is_dir());
+            let pooled = metadata_on_pool(Arc::clone(&files.root), "".into()).await;
+            assert!(pooled.unwrap().is_dir());
         });
     }
 
     #[test]
     fn missing_files_are_not_found_both_ways() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing");
+        let files = backend(&dir);
+        let missing = PathBuf::from("missing");
         runtime().block_on(async {
             let kinds = [
-                CacheFirst
-                    .open(missing.clone())
+                files.open(served("missing")).await.err().map(|e| e.kind()),
+                open_on_pool(Arc::clone(&files.root), missing.clone())
                     .await
                     .err()
                     .map(|e| e.kind()),
-                open_on_pool(missing.clone()).await.err().map(|e| e.kind()),
-                CacheFirst
-                    .metadata(missing.clone())
+                files
+                    .metadata(served("missing"))
                     .await
                     .err()
                     .map(|e| e.kind()),
-                metadata_on_pool(missing.clone())
+                metadata_on_pool(Arc::clone(&files.root), missing)
                     .await
                     .err()
                     .map(|e| e.kind()),
@@ -436,37 +669,93 @@ mod tests {
     #[test]
     fn pool_answers_match_cached_answers() {
         let dir = dir_with("f", &contents(5000));
-        let path = dir.path().join("f");
+        let files = backend(&dir);
+        let root = || Arc::clone(&files.root);
         runtime().block_on(async {
-            let cached = CacheFirst.metadata(path.clone()).await.unwrap();
-            let pooled = metadata_on_pool(path.clone()).await.unwrap();
+            let cached = files.metadata(served("f")).await.unwrap();
+            let pooled = metadata_on_pool(root(), "f".into()).await.unwrap();
             assert_eq!(
                 (cached.is_dir(), cached.len(), cached.modified().unwrap()),
                 (pooled.is_dir(), pooled.len(), pooled.modified().unwrap())
             );
-            let file = open_on_pool(path).await.unwrap();
+            let file = open_on_pool(root(), "f".into()).await.unwrap();
             assert_eq!(file.metadata().await.unwrap().len(), 5000);
         });
     }
 
     #[test]
-    fn opening_a_fifo_does_not_wait_for_a_writer() {
+    fn a_fifo_is_not_found_without_waiting_for_a_writer() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let (done, opened) = std::sync::mpsc::channel();
-        let path = fifo.clone();
+        let files = backend(&dir);
         std::thread::spawn(move || {
-            let result = runtime().block_on(CacheFirst.open(path)).map(drop);
-            let _ = done.send(result);
+            let kinds = runtime().block_on(async {
+                [
+                    files.open(served("fifo")).await.err().map(|e| e.kind()),
+                    open_on_pool(Arc::clone(&files.root), "fifo".into())
+                        .await
+                        .err()
+                        .map(|e| e.kind()),
+                    files.metadata(served("fifo")).await.err().map(|e| e.kind()),
+                ]
+            });
+            let _ = done.send(kinds);
         });
         let result = opened.recv_timeout(std::time::Duration::from_secs(10));
         if result.is_err() {
             // Release the blocked open so that the thread ends.
             let _ = fs::OpenOptions::new().write(true).open(&fifo);
         }
-        let result = result.expect("open returned within 10 s");
-        assert!(result.is_ok(), "{result:?}");
+        let kinds = result.expect("open returned within 10 s");
+        assert_eq!(kinds, [Some(io::ErrorKind::NotFound); 3]);
+    }
+
+    /// What the root's rules refuse, on the calling thread and on the pool alike.
+    #[test]
+    fn what_the_root_refuses_is_not_found() {
+        let outside = dir_with("secret", b"secret");
+        let dir = dir_with("f", b"file");
+        let root = dir.path();
+        std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
+        std::os::unix::fs::symlink("f", root.join("in")).unwrap();
+        fs::write(root.join(".env"), b"hidden").unwrap();
+        fs::create_dir(root.join(".well-known")).unwrap();
+        fs::write(root.join(".well-known/x"), b"known").unwrap();
+        let long = "a".repeat(300);
+        let found = |files: &CacheFirst, rel: &str| {
+            let (files, rel) = (files.clone(), rel.to_string());
+            runtime().block_on(async move {
+                let cached = files.open(served(&rel)).await.map(drop);
+                // The pool is handed what the calling thread let through.
+                let pooled = match files.root.relative(&served(&rel)) {
+                    Ok(rel) => open_on_pool(Arc::clone(&files.root), rel.into()).await,
+                    Err(e) => Err(e),
+                };
+                assert_eq!(cached.is_ok(), pooled.is_ok(), "cached and pool disagree");
+                match cached {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        };
+        let strict = backend(&dir);
+        // The calling thread answers what the dentry cache holds (just written): the rules
+        // cost no trip to the pool.
+        let cached = strict.root.lookup_cached(Path::new("in"), open_how());
+        assert!(matches!(cached, Some(Ok(_))), "{cached:?}");
+        for refused in ["out/secret", ".env", ".well-known/.x", "", &long, "f/x"] {
+            assert!(!found(&strict, refused), "{refused:?} was served");
+        }
+        for served in ["f", "in", ".well-known/x"] {
+            assert!(found(&strict, served), "{served:?} was refused");
+        }
+        let open = CacheFirst::new(root, true, true).unwrap();
+        for served in ["out/secret", ".env"] {
+            assert!(found(&open, served), "{served:?} was refused");
+        }
     }
 
     /// The path taken when the page cache does not hold the bytes: a read on the pool, sized
@@ -476,7 +765,9 @@ mod tests {
         let bytes = contents(POOL_READ_MAX + 30_000);
         let dir = dir_with("f", &bytes);
         runtime().block_on(async {
-            let mut file = open_on_pool(dir.path().join("f")).await.unwrap();
+            let mut file = open_on_pool(Arc::clone(&backend(&dir).root), "f".into())
+                .await
+                .unwrap();
             let mut read = Vec::new();
             let mut small = [0; 1000];
             loop {

@@ -83,6 +83,8 @@ pub struct Config {
     pub(crate) http2_max_concurrent_streams: u32,
     pub(crate) root: PathBuf,
     pub(crate) root_source: Source,
+    pub(crate) follow_symlinks: bool,
+    pub(crate) serve_hidden: bool,
     pub(crate) credentials: Credentials,
     pub(crate) umask: Option<u32>,
     pub(crate) bind_mode: Option<u32>,
@@ -122,6 +124,8 @@ impl Default for Config {
             http2_max_concurrent_streams: 1,
             root: PathBuf::new(),
             root_source: Source::Default,
+            follow_symlinks: false,
+            serve_hidden: false,
             credentials: Credentials::default(),
             umask: None,
             bind_mode: None,
@@ -310,6 +314,22 @@ impl Config {
     pub fn root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.root = dir.into();
         self.root_source = Source::Api;
+        self
+    }
+
+    /// Whether the built-in static file app follows symbolic links wherever they lead, as
+    /// nginx does by default. Otherwise a link is followed only while it stays beneath the
+    /// root, and one that leads out of it (or is absolute) answers 404. Default: `false`.
+    pub fn follow_symlinks(mut self, follow: bool) -> Self {
+        self.follow_symlinks = follow;
+        self
+    }
+
+    /// Whether the built-in static file app serves hidden files and directories, whose name
+    /// starts with `.` (`.env`, `.git/`). Otherwise they answer 404, except under
+    /// `/.well-known/`. Default: `false`.
+    pub fn serve_hidden(mut self, serve: bool) -> Self {
+        self.serve_hidden = serve;
         self
     }
 

@@ -42,6 +42,9 @@ pub(crate) enum Kind {
     Dir,
     /// Any other text: names, modes, levels, URL paths.
     Text,
+    /// Yes or no: `--name` alone on the command line means true (`--name=false` is also
+    /// taken), TOML takes a boolean.
+    Flag,
 }
 
 /// An option's built-in value, and how help states it.
@@ -548,6 +551,35 @@ pub(crate) static OPTIONS: &[Opt] = &[
         }),
     },
     Opt {
+        key: "follow_symlinks",
+        short: None,
+        value_name: "BOOL",
+        kind: Kind::Flag,
+        help: "Let the static file app follow symbolic links wherever they lead, as nginx does \
+               by default.",
+        more: "Otherwise a link is followed only while it stays beneath the root; one that \
+               leads out of it, or is absolute, answers 404.",
+        default: Initial::Value("false"),
+        set: Set::One(|config, text, _| {
+            config.follow_symlinks = value::flag(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "serve_hidden",
+        short: None,
+        value_name: "BOOL",
+        kind: Kind::Flag,
+        help: "Let the static file app serve hidden files and directories, whose names start \
+               with a dot (.env, .git/).",
+        more: "Otherwise they answer 404, except under /.well-known/.",
+        default: Initial::Value("false"),
+        set: Set::One(|config, text, _| {
+            config.serve_hidden = value::flag(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
         key: "log_level",
         short: None,
         value_name: "LEVEL",
@@ -659,7 +691,7 @@ mod tests {
     /// A value as TOML writes it for an option of this kind.
     fn toml_value(kind: Kind, text: &str) -> String {
         match kind {
-            Kind::Count => text.to_string(),
+            Kind::Count | Kind::Flag => text.to_string(),
             Kind::Addrs => format!("[\"{text}\"]"),
             Kind::Duration | Kind::File | Kind::Dir | Kind::Text => format!("\"{text}\""),
         }
@@ -738,6 +770,8 @@ mod tests {
         assert_eq!(config.shutdown_delay, std::time::Duration::ZERO);
         assert_eq!(config.backlog, 2048);
         assert_eq!(config.root, PathBuf::from("."));
+        assert!(!config.follow_symlinks);
+        assert!(!config.serve_hidden);
         assert_eq!(config.log_level, tracing::Level::INFO);
         assert_eq!(config.error_logfile, LogTarget::Standard);
         assert_eq!(config.health_path, None);

@@ -75,6 +75,16 @@ pub(crate) fn bind(text: &str) -> Result<Vec<BindAddr>, String> {
     Ok(addrs)
 }
 
+/// A yes-or-no setting: `true` or `false`, or `yes`/`no`, `on`/`off`, `1`/`0` as
+/// environment variables often have it.
+pub(crate) fn flag(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
 /// A URL path: it starts with `/`.
 pub(crate) fn path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.contains(char::is_whitespace) {
@@ -142,6 +152,19 @@ mod tests {
         assert_eq!(mode("0777"), Ok(0o777));
         for bad in ["", "8", "1777", "rw"] {
             assert!(mode(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn flags() {
+        for yes in ["true", "TRUE", "yes", "on", "1"] {
+            assert_eq!(flag(yes), Ok(true), "{yes}");
+        }
+        for no in ["false", "no", "Off", "0"] {
+            assert_eq!(flag(no), Ok(false), "{no}");
+        }
+        for bad in ["", "2", "maybe"] {
+            assert!(flag(bad).is_err(), "{bad:?} was accepted");
         }
     }
 

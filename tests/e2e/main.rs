@@ -12,6 +12,7 @@ mod limits;
 mod load;
 mod logs;
 mod serve;
+mod static_root;
 mod storms;
 mod supervise;
 mod upgrade;
