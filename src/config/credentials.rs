@@ -1,14 +1,19 @@
-//! The user and group the server runs as once its sockets are bound, resolved from names or
-//! ids when the configuration is read, so that a missing user is bad input, not a failure
-//! after start.
+//! The user and group the workers run as, resolved from names or ids when the configuration
+//! is read, so that a missing user, or one the master could not switch a worker to, is bad
+//! input, not a failure after start.
 
 use nix::unistd::{Gid, Group, Uid, User};
+
+use super::Source;
 
 /// A user and group to run as, resolved when the configuration is read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Credentials {
     pub(crate) user: Option<(String, Uid)>,
     pub(crate) group: Option<Gid>,
+    /// Where `user` and `group` came from, to name them when the switch is refused.
+    pub(crate) user_source: Source,
+    pub(crate) group_source: Source,
 }
 
 /// Resolves a user name or numeric uid.
@@ -41,5 +46,55 @@ impl Credentials {
     /// The ids a socket file is given, where set.
     pub(crate) fn owner(&self) -> (Option<Uid>, Option<Gid>) {
         (self.user.as_ref().map(|(_, uid)| *uid), self.group)
+    }
+
+    /// The group a worker runs as: the one given, or else the user's own.
+    pub(crate) fn primary_group(&self) -> Option<Gid> {
+        self.group.or_else(|| {
+            let (_, uid) = self.user.as_ref()?;
+            Some(
+                User::from_uid(*uid)
+                    .ok()
+                    .flatten()
+                    .map_or(Gid::current(), |u| u.gid),
+            )
+        })
+    }
+
+    /// Whether this process may start workers as these credentials: root may switch to anyone;
+    /// any other user only "switches" to itself, and then nothing is changed (it may not set
+    /// groups). Checked before anything is bound, so that a worker never finds out instead.
+    pub(crate) fn check_switch(&self) -> Result<(), String> {
+        if Uid::effective().is_root() {
+            return Ok(());
+        }
+        if let Some((name, uid)) = &self.user
+            && *uid != Uid::effective()
+        {
+            return Err(format!(
+                "user '{name}' ({}): only root can run workers as another user, and prefork runs as uid {}",
+                self.user_source,
+                Uid::effective()
+            ));
+        }
+        match (self.primary_group(), &self.user) {
+            (Some(gid), _) if gid == Gid::effective() => Ok(()),
+            (None, _) => Ok(()),
+            (Some(gid), Some((name, _))) if self.group.is_none() => Err(format!(
+                "user '{name}' ({}): only root can run workers as its group {gid}, and prefork runs as gid {}",
+                self.user_source,
+                Gid::effective()
+            )),
+            (Some(gid), _) => Err(format!(
+                "group {gid} ({}): only root can run workers as another group, and prefork runs as gid {}",
+                self.group_source,
+                Gid::effective()
+            )),
+        }
+    }
+
+    /// Whether workers change credentials at all: only root does (see [`Self::check_switch`]).
+    pub(crate) fn switches(&self) -> bool {
+        (self.user.is_some() || self.group.is_some()) && Uid::effective().is_root()
     }
 }
