@@ -144,6 +144,68 @@ fn usr1_reopens_the_log_files_in_master_and_workers() {
     );
 }
 
+/// Log files in a directory only root may write, with `--user nobody`: at USR1 the master,
+/// which kept root, reopens them; a worker cannot, says so once per file, and keeps writing
+/// to the file it had.
+#[test]
+fn usr1_reopens_root_only_logs_in_the_master_and_workers_keep_theirs() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "dropping privileges needs root: run the suite as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let access = dir.path().join("access.log");
+    let errors = dir.path().join("error.log");
+    let rotated = dir.path().join("error.log.1");
+    let mut server = Server::builder(Bin::Demo, 2)
+        .args(&["--user", "nobody", "--group", "nogroup"])
+        .args(&["--access-logfile", access.to_str().unwrap()])
+        .log_file(&errors)
+        .start();
+    Conn::connect(server.addr).unwrap().get("/").unwrap();
+    wait_lines(&access, 1);
+    std::fs::rename(&access, dir.path().join("access.log.1")).unwrap();
+    std::fs::rename(&errors, &rotated).unwrap();
+    let failures = |file: &str| {
+        read_lines(&rotated)
+            .iter()
+            .filter(|l| l.contains("cannot reopen") && l.contains(file))
+            .count()
+    };
+    server.signal(Signal::SIGUSR1);
+    wait_for(
+        "each worker's failed reopens in the rotated error log",
+        || (failures("error.log") == 2 && failures("access.log") == 2).then_some(()),
+    );
+    assert_eq!(std::fs::metadata(&errors).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(&access).unwrap().uid(), 0);
+    // A second rotation fails the same way and is not reported again. The workers read the
+    // reopen request before the stop that follows it on the same channel.
+    server.signal(Signal::SIGUSR1);
+    wait_for("the master's second reopen", || {
+        let reopens = read_lines(&errors)
+            .iter()
+            .filter(|l| l.contains("reopening log files"))
+            .count();
+        (reopens == 1).then_some(())
+    });
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    let old = read_lines(&rotated);
+    assert_eq!(failures("error.log"), 2, "{old:#?}");
+    assert_eq!(failures("access.log"), 2, "{old:#?}");
+    let drained = old.iter().filter(|l| l.contains("drained in")).count();
+    assert_eq!(drained, 2, "the workers left the file they had:\n{old:#?}");
+    let fresh = read_lines(&errors);
+    assert!(
+        fresh.iter().any(|l| l.contains("master (pid")),
+        "the master did not write to the reopened file:\n{fresh:#?}"
+    );
+}
+
 #[test]
 fn an_unwritable_log_file_is_bad_input() {
     let (status, stderr) = super::support::run(
