@@ -380,9 +380,10 @@ pub(crate) static OPTIONS: &[Opt] = &[
         kind: Kind::Text,
         help: "Run the workers as this user (name or uid), with its supplementary groups; the \
                master keeps the privileges it started with.",
-        more: "Needs root to start with: each worker drops to the user right after the fork, \
-               before the application runs. The master stays root, so that a reload can bind a \
-               port below 1024, USR1 can reopen its log files and the pid file is removed at exit.",
+        more: "Needs root (unless it names the user prefork runs as): each worker drops to the \
+               user right after the fork, before the application runs. The master stays root, \
+               so that a reload can bind a port below 1024, USR1 can reopen its log files and \
+               the pid file is removed at exit.",
         default: Initial::Unset {
             shown: "the user that started prefork",
             example: "www-data",
