@@ -22,7 +22,7 @@ pub(crate) fn drop_to(credentials: &Credentials) -> Result<(), String> {
     let Some(gid) = credentials.primary_group() else {
         return Ok(());
     };
-    if let Some((name, uid)) = &credentials.user {
+    if let Some((name, uid, _)) = &credentials.user {
         let cname = CString::new(name.as_str()).map_err(|_| format!("bad user name {name:?}"))?;
         initgroups(&cname, gid).map_err(|e| fail(&format!("set the groups of {name}"), e))?;
         setgid(gid).map_err(|e| fail("change group", e))?;
