@@ -276,15 +276,16 @@ impl Config {
         self
     }
 
-    /// The user (name or uid) the master and workers run as once the sockets are bound, with
-    /// its supplementary groups. Default: unchanged.
+    /// The user (name or uid) the workers run as, with its supplementary groups: each drops to
+    /// it right after the fork. The master keeps the privileges it started with. Needs root
+    /// (unless it names the current user). Default: unchanged.
     pub fn user(mut self, user: &str) -> Result<Self, Error> {
         self.set("user", user, &Source::Api)?;
         Ok(self)
     }
 
-    /// The group (name or gid) they run as; with a user and no group, the user's own group.
-    /// Default: unchanged.
+    /// The group (name or gid) the workers run as; with a user and no group, the user's own
+    /// group. Default: unchanged.
     pub fn group(mut self, group: &str) -> Result<Self, Error> {
         self.set("group", group, &Source::Api)?;
         Ok(self)
@@ -452,7 +453,7 @@ impl Config {
                 self.bind_source
             )));
         }
-        Ok(())
+        self.credentials.check_switch().map_err(Error::config)
     }
 }
 

@@ -457,15 +457,19 @@ pub(crate) static OPTIONS: &[Opt] = &[
         short: Some('u'),
         value_name: "USER",
         kind: Kind::Text,
-        help: "Run the master and workers as this user (name or uid) once the sockets are bound, \
-               with its supplementary groups.",
-        more: "Needs root to start with.",
+        help: "Run the workers as this user (name or uid), with its supplementary groups; the \
+               master keeps the privileges it started with.",
+        more: "Needs root (unless it names the user prefork runs as): each worker drops to the \
+               user right after the fork, before the application runs. The master stays root, \
+               so that a reload can bind a port below 1024, USR1 can reopen its log files and \
+               the pid file is removed at exit.",
         default: Initial::Unset {
             shown: "the user that started prefork",
             example: "www-data",
         },
-        set: Set::One(|config, text, _| {
+        set: Set::One(|config, text, source| {
             config.credentials.user = Some(credentials::user(text)?);
+            config.credentials.user_source = source.clone();
             Ok(())
         }),
     },
@@ -474,14 +478,16 @@ pub(crate) static OPTIONS: &[Opt] = &[
         short: Some('g'),
         value_name: "GROUP",
         kind: Kind::Text,
-        help: "Run as this group (name or gid); with a user alone, the user's own group.",
+        help: "Run the workers as this group (name or gid); with a user alone, the user's own \
+               group. The master keeps its own.",
         more: "",
         default: Initial::Unset {
             shown: "the group that started prefork",
             example: "www-data",
         },
-        set: Set::One(|config, text, _| {
+        set: Set::One(|config, text, source| {
             config.credentials.group = Some(credentials::group(text)?);
+            config.credentials.group_source = source.clone();
             Ok(())
         }),
     },

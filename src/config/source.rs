@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 /// The layer a value was taken from. Later layers override earlier ones: defaults, then the
 /// config file, then the environment, then the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Source {
     /// The built-in default.
+    #[default]
     Default,
     /// Set through the library API.
     Api,

@@ -53,11 +53,19 @@ pub(crate) fn init(settings: &Settings) -> Result<(), Error> {
 }
 
 /// Reopens every log file of this process (SIGUSR1 in the master, a message in a worker).
+///
+/// The master, which keeps its privileges, reopens first; a worker runs as `--user` and may
+/// not be allowed to create the file. It then keeps writing to the descriptor it inherited
+/// (the rotated file), and workers forked afterwards (a reload) inherit the master's new one.
 pub(crate) fn reopen() {
     let sinks = [ERROR_LOG.get(), access::sink()];
     for sink in sinks.into_iter().flatten() {
-        if let Err(e) = sink.reopen() {
-            tracing::error!("cannot reopen {}: {e}", describe(&sink.target));
+        if let Err(Some(e)) = sink.reopen() {
+            tracing::error!(
+                "cannot reopen {}: {e}; still writing to the file opened before \
+                 (reported once until a reopen succeeds)",
+                describe(&sink.target)
+            );
         }
     }
 }

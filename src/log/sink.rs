@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::LogTarget;
 
@@ -14,6 +15,8 @@ pub(crate) struct Sink {
     pub(super) target: LogTarget,
     file: Mutex<Option<File>>,
     standard: fn(&[u8]) -> io::Result<()>,
+    /// The last reopen failed: the next failure in a row is not reported again.
+    reopen_failed: AtomicBool,
 }
 
 impl Sink {
@@ -29,14 +32,26 @@ impl Sink {
             target: target.clone(),
             file: Mutex::new(file),
             standard,
+            reopen_failed: AtomicBool::new(false),
         })
     }
 
-    /// Opens the path again: after logrotate moved the file, new lines go to a new file.
-    pub(crate) fn reopen(&self) -> io::Result<()> {
+    /// Opens the path again: after logrotate moved the file, new lines go to a new file. On
+    /// failure the file opened before is kept, and written to. The error is returned only for
+    /// the first failure in a row: a worker that dropped privileges fails at every rotation of
+    /// a file only root may create, and says so once.
+    pub(crate) fn reopen(&self) -> Result<(), Option<io::Error>> {
         if let LogTarget::File(path) = &self.target {
-            let file = append(path)?;
-            *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            match append(path) {
+                Ok(file) => {
+                    *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+                    self.reopen_failed.store(false, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let again = self.reopen_failed.swap(true, Ordering::Relaxed);
+                    return Err((!again).then_some(e));
+                }
+            }
         }
         Ok(())
     }

@@ -36,7 +36,6 @@ use crate::process::board::Board;
 use crate::process::control::{self, Leave, Received, ToMaster, ToWorker};
 use crate::process::handoff::Handoff;
 use crate::process::listeners::{self, Listener};
-use crate::process::privileges;
 use crate::process::spawn::{Forked, spawn};
 use pidfile::Pidfile;
 use signals::Signals;
@@ -101,7 +100,9 @@ pub(crate) struct Master<'a> {
 impl<'a> Master<'a> {
     /// Everything before the first fork, in the order it must happen: the umask (it applies
     /// to the socket files), the pid file claimed, the sockets adopted from systemd or bound,
-    /// the pid file written, root dropped, signals blocked. On failure nothing is left behind.
+    /// the pid file written, signals blocked. On failure nothing is left behind. The master
+    /// keeps its privileges; each worker drops them after the fork (and whether it can was
+    /// checked with the configuration).
     ///
     /// With `upgrade` (the command line), a reload executes the binary on disk; and if this
     /// image was so executed, it takes over the listeners and the workers of the previous one
@@ -134,16 +135,11 @@ impl<'a> Master<'a> {
                 listeners::bind_all(&config, &activated)?
             }
         };
-        // An image that took over finds its pid file written, and runs as the user the
-        // previous one dropped to already (who may not be allowed to write the file).
+        // An image that took over finds its pid file written: it has the same pid.
         let started = match (&inherited, &pidfile) {
             (None, Some(pidfile)) => pidfile.write(),
             _ => Ok(()),
         }
-        .and_then(|()| match &inherited {
-            Some(_) => Ok(()),
-            None => privileges::drop_to(&config.credentials),
-        })
         .and_then(|()| {
             Signals::install().map_err(|e| Error::io("cannot set up signals", e.into()))
         });

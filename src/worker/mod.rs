@@ -29,6 +29,7 @@ use crate::exit;
 use crate::process::board::Seat;
 use crate::process::control::{Leave, ToMaster};
 use crate::process::handoff::Handoff;
+use crate::process::privileges;
 use accept::Listener;
 use channel::Channel;
 use stop::Stops;
@@ -105,15 +106,15 @@ impl Shared {
 }
 
 /// Runs the worker and returns its exit status. Setup follows the order the process model
-/// requires: signals first, then the parent-death signal, then the runtime, the application,
-/// and only then accepting.
+/// requires: signals first, then privileges dropped, then the parent-death signal, then the
+/// runtime, the application, and only then accepting.
 pub(crate) fn run<F, S>(handoff: Handoff, factory: &F) -> u8
 where
     F: Fn(&WorkerContext) -> S,
     S: AppService,
 {
     let me = Me(handoff.slot);
-    if let Err(e) = prepare_process(handoff.master) {
+    if let Err(e) = prepare_process(handoff.master, &handoff.config) {
         error!("{me}: {e}");
         return exit::FAILURE;
     }
@@ -131,8 +132,12 @@ where
     code
 }
 
-fn prepare_process(master: Pid) -> Result<(), String> {
+fn prepare_process(master: Pid, config: &Config) -> Result<(), String> {
     crate::process::signals::reset_in_child()?;
+    // Before the parent-death signal: the kernel clears that signal when the effective user or
+    // group changes. A worker that cannot drop exits here: it never serves as root when a
+    // user was asked for.
+    privileges::drop_to(&config.credentials)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
         .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
     // The master may have died between fork and prctl; then no signal will ever come.

@@ -8,10 +8,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 use super::http::{self, Conn};
 use super::load::Load;
 use super::support::procfs::{accept_queue, children_of, status_line, zombies_of};
+use super::support::server::run_wrapped;
 use super::support::{Bin, PATIENCE, Server, run};
 
 /// A fake `NOTIFY_SOCKET`: every datagram the server sends, with the time it arrived.
@@ -290,8 +292,67 @@ fn as_pid_1_the_master_reaps_orphans_and_handles_term() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A process's ids from a line of `/proc/PID/status` (`Uid:`, `Gid:`, `Groups:`).
+fn ids(pid: Pid, key: &str) -> Vec<u32> {
+    let line = status_line(pid, key).unwrap_or_else(|| panic!("{pid}: no {key}"));
+    line.split_whitespace()
+        .skip(1)
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+/// Asserts that `pid` runs as `uid`/`gid` (real, effective, saved and filesystem ids), with no
+/// supplementary group but `gid`, and whether it has no-new-privs.
+fn assert_runs_as(pid: Pid, uid: u32, gid: u32, no_new_privs: bool) {
+    assert_eq!(ids(pid, "Uid:"), [uid; 4], "{pid}: uids");
+    assert_eq!(ids(pid, "Gid:"), [gid; 4], "{pid}: gids");
+    if uid != 0 {
+        let groups = ids(pid, "Groups:");
+        assert!(groups.iter().all(|g| *g == gid), "{pid}: groups {groups:?}");
+    }
+    let flag = if no_new_privs { "1" } else { "0" };
+    assert_eq!(
+        status_line(pid, "NoNewPrivs:").as_deref(),
+        Some(format!("NoNewPrivs:\t{flag}").as_str()),
+        "{pid}"
+    );
+}
+
+/// A port below 1024 that nothing listens on now, on 127.0.0.1.
+fn free_privileged_port() -> u16 {
+    (600..1024)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("no free port below 1024 on 127.0.0.1")
+}
+
+/// Runs `command` with a worker's credentials (its uid, gid, groups, no-new-privs), bounded by
+/// timeout(1); returns whether it succeeded, and its stderr.
+fn as_worker(worker: Pid, command: &[&str]) -> (bool, String) {
+    let uid = ids(worker, "Uid:")[0].to_string();
+    let gid = ids(worker, "Gid:")[0].to_string();
+    let groups: Vec<String> = ids(worker, "Groups:")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let output = std::process::Command::new("timeout")
+        .args(["10", "setpriv", "--reuid", &uid, "--regid", &gid])
+        .args(["--groups", &groups.join(","), "--no-new-privs", "--"])
+        .args(command)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_ne!(output.status.code(), Some(124), "{command:?} timed out");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// With `--user` and `--group` the master keeps root and each worker drops to them after the
+/// fork: so the master can still bind a port below 1024 on a reload (which executes the binary
+/// on disk in its pid), and remove its pid file at exit, while a worker can neither signal
+/// nor inspect it.
 #[test]
-fn privileges_are_dropped_in_master_and_workers_after_binding() {
+fn workers_drop_privileges_and_the_master_keeps_them() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "dropping privileges needs root: run the suite as root (CI does)"
@@ -300,8 +361,17 @@ fn privileges_are_dropped_in_master_and_workers_after_binding() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(dir.path().join("index.html"), "hi").unwrap();
     let socket = dir.path().join("p.sock");
-    let bind = format!("unix:{}", socket.display());
-    let server = Server::builder(Bin::Prefork, 2)
+    let pidfile = dir.path().join("prefork.pid");
+    let config = dir.path().join("prefork.toml");
+    let binds = |extra: &str| {
+        format!(
+            "bind = [\"127.0.0.1:0\", \"unix:{}\"{extra}]\n",
+            socket.display()
+        )
+    };
+    std::fs::write(&config, binds("")).unwrap();
+    let mut server = Server::builder(Bin::Prefork, 2)
+        .args(&["-c", config.to_str().unwrap()])
         .args(&[
             "--user",
             "nobody",
@@ -310,43 +380,117 @@ fn privileges_are_dropped_in_master_and_workers_after_binding() {
             "--bind-mode",
             "660",
         ])
+        .args(&["--pid", pidfile.to_str().unwrap()])
         .args(&["--root", dir.path().to_str().unwrap()])
-        .args(&["--bind", "127.0.0.1:0", "--bind", &bind])
+        .without_bind()
         .start();
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
     let nogroup = nix::unistd::Group::from_name("nogroup")
         .unwrap()
         .unwrap()
-        .gid;
-    let mut processes = server.workers();
-    processes.push(server.pid());
-    for pid in processes {
-        let line = |key| status_line(pid, key).unwrap_or_else(|| panic!("{pid}: no {key}"));
-        let uid = line("Uid:");
-        let gid = line("Gid:");
-        assert_eq!(
-            uid.split_whitespace().skip(1).collect::<Vec<_>>(),
-            vec![nobody.to_string(); 4],
-            "{pid}: {uid}"
-        );
-        assert_eq!(
-            gid.split_whitespace().skip(1).collect::<Vec<_>>(),
-            vec![nogroup.to_string(); 4],
-            "{pid}: {gid}"
-        );
-        let groups = line("Groups:");
-        assert!(
-            !groups.split_whitespace().any(|g| g == "0"),
-            "{pid} kept root's group: {groups}"
-        );
+        .gid
+        .as_raw();
+    let master = server.pid();
+    assert_runs_as(master, 0, 0, false);
+    let workers = server.workers();
+    assert_eq!(workers.len(), 2);
+    for worker in &workers {
+        assert_runs_as(*worker, nobody, nogroup, true);
     }
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o660);
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (nobody.as_raw(), nogroup.as_raw())
-    );
+    assert_eq!((meta.uid(), meta.gid()), (nobody, nogroup));
     assert_eq!(http::get(server.addr, "/").text(), "hi");
+
+    // With a worker's credentials, the master can be neither signalled nor inspected (its
+    // environment is behind the kernel's ptrace access check). As a control, the same
+    // credentials may signal the worker itself.
+    let target = master.to_string();
+    let (killed, stderr) = as_worker(workers[0], &["kill", "-0", &target]);
+    assert!(!killed, "a worker's user could signal the master");
+    assert!(stderr.contains("not permitted"), "{stderr}");
+    let environ = format!("/proc/{master}/environ");
+    let (read, stderr) = as_worker(workers[0], &["cat", &environ]);
+    assert!(!read, "a worker's user could read the master's environment");
+    assert!(stderr.contains("denied"), "{stderr}");
+    let (own, stderr) = as_worker(workers[0], &["kill", "-0", &workers[0].to_string()]);
+    assert!(own, "{stderr}");
+
+    // A reload binds a port only root may bind; the new image is root like the old one.
+    let port = free_privileged_port();
+    std::fs::write(&config, binds(&format!(", \"127.0.0.1:{port}\""))).unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_log("reload complete", PATIENCE);
+    let privileged = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(http::get(privileged, "/").text(), "hi");
+    assert_eq!(server.pid(), master);
+    assert_runs_as(master, 0, 0, false);
+    for worker in server.wait_workers(2, &workers) {
+        assert_runs_as(worker, nobody, nogroup, true);
+    }
+
+    // The master removes what it made as root.
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        master.to_string()
+    );
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    assert!(!pidfile.exists(), "the pid file was left behind");
+    assert!(!socket.exists(), "the socket file was left behind");
+}
+
+/// A master that is not root cannot start workers as another user or group: bad input, found
+/// before anything is bound, by `check` too.
+#[test]
+fn a_master_that_is_not_root_refuses_another_user_or_group() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "starting as another user needs root: run the suite as root (CI does)"
+    );
+    let as_nobody = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+    ];
+    let refused = |args: &[&str], env: &[(&str, &str)], expected: &str| {
+        let (status, stderr) = run_wrapped(&as_nobody, Bin::Prefork, args, env);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    let another_user = "user 'root' (from --user): only root can run workers as another user";
+    refused(
+        &["serve", "--bind", "127.0.0.1:0", "--user", "root"],
+        &[],
+        another_user,
+    );
+    refused(&["check", "--user", "root"], &[], another_user);
+    refused(
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("PREFORK_GROUP", "root")],
+        "group 0 (from environment variable PREFORK_GROUP): only root can run workers as \
+         another group",
+    );
+    refused(
+        &["check", "--user", "nobody", "--group", "root"],
+        &[],
+        "group 0 (from --group)",
+    );
+    // Its own user and group are no switch at all.
+    let (status, stderr) = run_wrapped(
+        &as_nobody,
+        Bin::Prefork,
+        &["check", "--user", "nobody", "--group", "nogroup"],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Logs: the access log's lines, JSON output, and reopening files on SIGUSR1 for logrotate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 
@@ -97,23 +97,39 @@ fn json_logs_are_one_object_per_line() {
     }
 }
 
-/// logrotate renames the files, then sends USR1: the master and every worker reopen theirs,
-/// and new lines go to the new files.
-#[test]
-fn usr1_reopens_the_log_files_in_master_and_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let access = dir.path().join("access.log");
-    let errors = dir.path().join("error.log");
-    let mut server = Server::builder(Bin::Demo, 2)
+/// A demo server with `args` and both logs in files in `dir`, after it logged a request and
+/// the files were renamed to `*.log.1`, as logrotate does. Returns the server and the paths of
+/// the access log and the error log.
+fn logged_then_rotated(dir: &Path, args: &[&str]) -> (Server, PathBuf, PathBuf) {
+    let access = dir.join("access.log");
+    let errors = dir.join("error.log");
+    let server = Server::builder(Bin::Demo, 2)
+        .args(args)
         .args(&["--access-logfile", access.to_str().unwrap()])
         .log_file(&errors)
         .start();
     Conn::connect(server.addr).unwrap().get("/").unwrap();
     wait_lines(&access, 1);
-    std::fs::rename(&access, dir.path().join("access.log.1")).unwrap();
-    std::fs::rename(&errors, dir.path().join("error.log.1")).unwrap();
+    std::fs::rename(&access, dir.join("access.log.1")).unwrap();
+    std::fs::rename(&errors, dir.join("error.log.1")).unwrap();
+    (server, access, errors)
+}
+
+/// logrotate renames the files, then sends USR1: the master and every worker reopen theirs,
+/// and new lines go to the new files.
+#[test]
+fn usr1_reopens_the_log_files_in_master_and_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, access, errors) = logged_then_rotated(dir.path(), &[]);
     server.signal(Signal::SIGUSR1);
-    server.wait_log("reopening log files", PATIENCE);
+    // Read from the rotated file itself: the master writes this line just before it reopens,
+    // and the follower of the error log may already have moved on to the new file.
+    wait_for("the master's reopen in the rotated error log", || {
+        let old = read_lines(&dir.path().join("error.log.1"));
+        old.iter()
+            .any(|l| l.contains("reopening log files"))
+            .then_some(())
+    });
     // The workers reopen on the master's message, which they log nothing about; a request
     // after it must land anew.
     server.wait_until("an access line in the new file", || {
@@ -141,6 +157,59 @@ fn usr1_reopens_the_log_files_in_master_and_workers() {
         read_lines(&dir.path().join("access.log.1")),
         rotated_access,
         "lines were still written to the rotated access log"
+    );
+}
+
+/// Log files in a directory only root may write, with `--user nobody`: at USR1 the master,
+/// which kept root, reopens them; a worker cannot, says so once per file, and keeps writing
+/// to the file it had.
+#[test]
+fn usr1_reopens_root_only_logs_in_the_master_and_workers_keep_theirs() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "dropping privileges needs root: run the suite as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rotated = dir.path().join("error.log.1");
+    let (mut server, access, errors) =
+        logged_then_rotated(dir.path(), &["--user", "nobody", "--group", "nogroup"]);
+    let failures = |file: &str| {
+        read_lines(&rotated)
+            .iter()
+            .filter(|l| l.contains("cannot reopen") && l.contains(file))
+            .count()
+    };
+    server.signal(Signal::SIGUSR1);
+    wait_for(
+        "each worker's failed reopens in the rotated error log",
+        || (failures("error.log") == 2 && failures("access.log") == 2).then_some(()),
+    );
+    assert_eq!(std::fs::metadata(&errors).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(&access).unwrap().uid(), 0);
+    // A second rotation fails the same way and is not reported again. The workers read the
+    // reopen request before the stop that follows it on the same channel.
+    server.signal(Signal::SIGUSR1);
+    wait_for("the master's second reopen", || {
+        let reopens = read_lines(&errors)
+            .iter()
+            .filter(|l| l.contains("reopening log files"))
+            .count();
+        (reopens == 1).then_some(())
+    });
+    server.signal(Signal::SIGTERM);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+    let old = read_lines(&rotated);
+    assert_eq!(failures("error.log"), 2, "{old:#?}");
+    assert_eq!(failures("access.log"), 2, "{old:#?}");
+    let drained = old.iter().filter(|l| l.contains("drained in")).count();
+    assert_eq!(drained, 2, "the workers left the file they had:\n{old:#?}");
+    let fresh = read_lines(&errors);
+    assert!(
+        fresh.iter().any(|l| l.contains("master (pid")),
+        "the master did not write to the reopened file:\n{fresh:#?}"
     );
 }
 

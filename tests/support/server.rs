@@ -466,7 +466,17 @@ impl Drop for Server {
 /// Runs a command to completion (with a bound, and under the same guard as a server) and
 /// returns its status and stderr.
 pub fn run(bin: Bin, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut builder = Builder::new(bin).without_bind().args(args);
+    run_wrapped(&[], bin, args, env)
+}
+
+/// Like [`run`], through `wrapper` (see [`Builder::wrapped`]).
+pub fn run_wrapped(
+    wrapper: &[&str],
+    bin: Bin,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String) {
+    let mut builder = Builder::wrapped(wrapper, bin).without_bind().args(args);
     for (k, v) in env {
         builder = builder.env(k, v);
     }
