@@ -52,9 +52,16 @@ fn two_hundred_hups_in_five_seconds_converge_and_lose_nothing() {
     server.wait_workers(2, &[]);
     assert!(alive(master));
     assert_eq!(zombies_of(master), [], "zombies left");
-    server.wait_until("the master's descriptors back to their count", || {
-        (open_fds(master) == fds).then_some(())
-    });
+    let listing = || {
+        let links = std::fs::read_dir(format!("/proc/{master}/fd")).unwrap();
+        let links = links.map(|e| std::fs::read_link(e.unwrap().path()).unwrap_or_default());
+        links.map(|l| l.display().to_string()).collect::<Vec<_>>()
+    };
+    let first = listing();
+    server.wait_until(
+        format_args!("the master's descriptors back to {fds}, from {first:?}"),
+        || (open_fds(master) == fds).then_some(()),
+    );
     load.wait_served(load.served() + 100);
     let tally = load.finish();
     tally.assert_nothing_lost("200 HUPs");
