@@ -49,6 +49,13 @@ impl Tally {
         assert!(self.ok > 0, "{context}: no request was served: {self:?}");
         assert_eq!(self.lost, 0, "{context}: lost requests: {:#?}", self.losses);
     }
+
+    /// Like [`Tally::assert_nothing_lost`], for a load no signal was meant to stop: no
+    /// connection may be refused either.
+    pub fn assert_none_refused_or_lost(&self, context: &str) {
+        self.assert_nothing_lost(context);
+        assert_eq!(self.refused, 0, "{context}: connections refused: {self:?}");
+    }
 }
 
 /// What the clients have been answered so far, for a test to wait on while they run.

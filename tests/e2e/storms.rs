@@ -63,9 +63,7 @@ fn two_hundred_hups_in_five_seconds_converge_and_lose_nothing() {
         || (open_fds(master) == fds).then_some(()),
     );
     load.wait_served(load.served() + 100);
-    let tally = load.finish();
-    tally.assert_nothing_lost("200 HUPs");
-    assert_eq!(tally.refused, 0, "{tally:?}");
+    load.finish().assert_none_refused_or_lost("200 HUPs");
 }
 
 #[test]
@@ -103,9 +101,7 @@ fn fifty_ttin_then_fifty_ttou_come_back_to_the_start() {
     server.wait_workers(wanted, &[]);
     assert_eq!(zombies_of(master), [], "zombies left");
     load.wait_served(load.served() + 100);
-    let tally = load.finish();
-    tally.assert_nothing_lost("TTIN/TTOU storm");
-    assert_eq!(tally.refused, 0, "{tally:?}");
+    load.finish().assert_none_refused_or_lost("TTIN/TTOU storm");
 }
 
 #[test]

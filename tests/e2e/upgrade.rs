@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use super::deploy::{Notifications, free_port, systemd_socket_activate};
 use super::http;
-use super::load::{Load, Tally};
+use super::load::Load;
 use super::support::procfs::{alive, status_line, wait_dead};
 use super::support::{Bin, PATIENCE, Server};
 
@@ -108,14 +108,6 @@ fn all_serve(server: &Server, expected: u64) {
     }
 }
 
-fn assert_none_refused_or_lost(tally: &Tally, context: &str) {
-    tally.assert_nothing_lost(context);
-    assert_eq!(
-        tally.refused, 0,
-        "{context}: connections refused: {tally:?}"
-    );
-}
-
 #[test]
 fn an_upgrade_runs_the_new_binary_in_the_same_pid_and_loses_nothing() {
     let deploy = Deploy::new();
@@ -136,7 +128,7 @@ fn an_upgrade_runs_the_new_binary_in_the_same_pid_and_loses_nothing() {
     assert!(alive(master));
     all_serve(&server, new_binary);
     load.wait_served(load.served() + 100);
-    assert_none_refused_or_lost(&load.finish(), "upgrade");
+    load.finish().assert_none_refused_or_lost("upgrade");
     assert_eq!(
         server.count_log("took over 2 worker(s) from the previous binary"),
         1,
@@ -170,7 +162,7 @@ fn twenty_upgrades_lose_nothing_and_leak_nothing() {
             now.1
         );
     }
-    assert_none_refused_or_lost(&load.finish(), "20 upgrades");
+    load.finish().assert_none_refused_or_lost("20 upgrades");
 }
 
 #[test]
@@ -238,7 +230,7 @@ fn a_binary_that_cannot_start_leaves_the_old_one_serving() {
     reload(&server, "reload complete");
     load.wait_served(load.served() + 100);
     assert_eq!(running(master), fixed);
-    assert_none_refused_or_lost(&load.finish(), "broken binaries");
+    load.finish().assert_none_refused_or_lost("broken binaries");
 }
 
 #[test]
@@ -310,7 +302,8 @@ fn under_socket_activation_systemd_sees_one_main_pid_reloading_then_ready() {
     assert!(wait_dead(&old, PATIENCE), "the old workers did not exit");
     load.wait_served(load.served() + 100);
     all_serve(&server, new_binary);
-    assert_none_refused_or_lost(&load.finish(), "upgrade under socket activation");
+    load.finish()
+        .assert_none_refused_or_lost("upgrade under socket activation");
 }
 
 #[test]
