@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::load::Load;
-use super::support::procfs::{alive, wait_dead, zombies_of};
+use super::support::procfs::{alive, wait_reaped, zombies_of};
 use super::support::{Bin, PATIENCE, Server};
 
 fn open_fds(pid: Pid) -> usize {
@@ -39,7 +39,7 @@ fn two_hundred_hups_in_five_seconds_converge_and_lose_nothing() {
     let old = server.workers();
     server.signal(Signal::SIGHUP);
     server.wait_log("reload complete", PATIENCE);
-    assert!(wait_dead(&old, PATIENCE));
+    assert!(wait_reaped(&old, PATIENCE));
     let fds = open_fds(master);
     let start = Instant::now();
     for _ in 0..200 {

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use super::deploy::{Notifications, free_port, systemd_socket_activate};
 use super::http;
 use super::load::Load;
-use super::support::procfs::{alive, status_line, wait_dead};
+use super::support::procfs::{alive, status_line, wait_dead, wait_reaped};
 use super::support::{Bin, PATIENCE, Server};
 
 /// A directory holding the server's executable, which the test replaces as a deploy does.
@@ -149,7 +149,11 @@ fn twenty_upgrades_lose_nothing_and_leak_nothing() {
         let new_binary = deploy.install_demo();
         let old = server.workers();
         reload(&server, "reload complete");
-        assert!(wait_dead(&old, PATIENCE), "round {round}: old workers left");
+        // Reaped, so that their channels are closed before the descriptors are counted.
+        assert!(
+            wait_reaped(&old, PATIENCE),
+            "round {round}: old workers left"
+        );
         assert_eq!(running(master), new_binary, "round {round}");
         load.wait_served(load.served() + 50);
         let now = (open_fds(master), rss_kib(master));

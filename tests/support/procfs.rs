@@ -68,6 +68,13 @@ pub fn alive(pid: Pid) -> bool {
     stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
+/// Waits until none of `pids` exists, not even as a zombie: its parent has reaped it (and, for
+/// a worker, the master has closed its channel). False if some still exist after `timeout`.
+pub fn wait_reaped(pids: &[Pid], timeout: Duration) -> bool {
+    let all_gone = || pids.iter().all(|p| stat(*p).is_none()).then_some(());
+    super::poll(timeout, Duration::from_millis(10), all_gone).is_some()
+}
+
 /// Waits until none of `pids` is alive; false if some still are after `timeout`.
 pub fn wait_dead(pids: &[Pid], timeout: Duration) -> bool {
     let none_alive = || pids.iter().all(|p| !alive(*p)).then_some(());
