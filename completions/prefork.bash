@@ -43,7 +43,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__check)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --health-path --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -128,6 +128,13 @@ _prefork() {
                     return 0
                     ;;
                 --keepalive)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --io-timeout)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
@@ -331,7 +338,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__serve)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --linger --shutdown-delay --health-path --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --health-path --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -416,6 +423,13 @@ _prefork() {
                     return 0
                     ;;
                 --keepalive)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --io-timeout)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace

@@ -72,6 +72,7 @@ pub struct Config {
     pub(crate) max_requests: u64,
     pub(crate) max_requests_jitter: u64,
     pub(crate) worker_connections: u32,
+    pub(crate) io_timeout: Duration,
     pub(crate) backlog: u32,
     pub(crate) keepalive: Duration,
     pub(crate) linger: Duration,
@@ -113,6 +114,7 @@ impl Default for Config {
             max_requests: 0,
             max_requests_jitter: 0,
             worker_connections: 1,
+            io_timeout: Duration::ZERO,
             backlog: 1,
             keepalive: Duration::ZERO,
             linger: Duration::ZERO,
@@ -197,6 +199,13 @@ impl Config {
     /// started together are not all replaced at once. Default: 0.
     pub fn max_requests_jitter(mut self, n: u64) -> Self {
         self.max_requests_jitter = n;
+        self
+    }
+
+    /// How long a write may wait for a client that reads nothing of its response before the
+    /// connection is closed; zero turns the check off. Default: 60 s.
+    pub fn io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout;
         self
     }
 

@@ -25,6 +25,7 @@ where
         shared.tracker.token(),
         shared.seat,
         &shared.room,
+        shared.io_timeout,
     ));
     tokio::spawn(async move { serve(io, peer, service, shared).await });
 }

@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     channel: Arc<Channel>,
     /// The connection limit, and the wake-up when a connection closes.
     room: room::Room,
+    /// How long a write may wait for a client that reads nothing.
+    io_timeout: Duration,
     /// The worker's slot, for its log lines.
     slot: usize,
     /// Requests served, and after how many the worker asks to be replaced.
@@ -221,6 +223,7 @@ where
         stopping: AtomicBool::new(false),
         channel: Arc::clone(&channel),
         room: room::Room::new(config.worker_connections),
+        io_timeout: config.io_timeout,
         slot,
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),

@@ -5,12 +5,16 @@
 //! must still wait for it while draining and know to cut it at the deadline. The same goes for
 //! the count on the accept-balancing board.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::debug;
 
 use super::room::Room;
 use crate::process::board::Seat;
@@ -20,17 +24,62 @@ pub(crate) struct Tracked<IO> {
     _token: TaskTrackerToken,
     seat: Seat,
     room: &'static Room,
+    /// How long a write may wait for the client to read (`--io-timeout`); zero turns the
+    /// check off.
+    io_timeout: Duration,
+    /// While writes wait for a client that reads nothing: fires at the io timeout. Made only
+    /// then, so a client that reads costs nothing.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Tracked<IO> {
-    pub(crate) fn new(io: IO, token: TaskTrackerToken, seat: Seat, room: &'static Room) -> Self {
+    pub(crate) fn new(
+        io: IO,
+        token: TaskTrackerToken,
+        seat: Seat,
+        room: &'static Room,
+        io_timeout: Duration,
+    ) -> Self {
         seat.opened();
         Self {
             io,
             _token: token,
             seat,
             room,
+            io_timeout,
+            stalled: None,
         }
+    }
+
+    /// A write that waits for the client fails once it has waited the io timeout: a client
+    /// that asks for a response and never reads it would otherwise hold the connection, and
+    /// a descriptor, for as long as it likes. The error ends the connection's task (hyper's,
+    /// or the application's for an upgraded one), which closes the socket.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        if self.io_timeout.is_zero() {
+            return result;
+        }
+        let timeout = self.io_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stalled = None;
+        debug!("closing a connection whose client read nothing for {timeout:?}");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for the io timeout",
+        )))
     }
 }
 
@@ -57,7 +106,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.written(cx, result)
     }
 
     fn poll_write_vectored(
@@ -65,7 +115,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.written(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -73,7 +124,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.written(cx, result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::http::{Conn, Failure};
+use super::support::procfs::sockets;
 use super::support::{Bin, PATIENCE, Server};
 
 /// Opens a keep-alive connection and has it answered, so the worker surely holds it; returns
@@ -62,4 +63,76 @@ fn the_descriptor_limit_is_raised_and_logged() {
         .and_then(|l| l.split_whitespace().nth(3))
         .unwrap();
     assert_eq!(soft, hard.to_string(), "the worker did not inherit it");
+}
+
+#[test]
+fn a_client_that_reads_nothing_is_closed_at_the_io_timeout_and_a_slow_reader_is_not() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    const SIZE: u64 = 32 << 20;
+    let root = tempfile::tempdir().unwrap();
+    // Sparse: 32 MiB of zeros, far more than the socket buffers hold.
+    let big = std::fs::File::create(root.path().join("big")).unwrap();
+    big.set_len(SIZE).unwrap();
+    let server = Server::builder(Bin::Prefork, 1)
+        .args(&[
+            "--root",
+            root.path().to_str().unwrap(),
+            "--io-timeout",
+            "1s",
+        ])
+        .start();
+    let worker = server.wait_workers(1, &[])[0];
+    let idle = sockets(worker);
+    let request = b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+    // Asks, and reads nothing.
+    let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+    stalled.write_all(request).unwrap();
+    server.wait_until("the worker holds the connection", || {
+        (sockets(worker) > idle).then_some(())
+    });
+    let asked = Instant::now();
+    server.wait_until("the worker closes the stalled connection", || {
+        (sockets(worker) == idle).then_some(())
+    });
+    let after = asked.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+    stalled.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    assert!(
+        (got.len() as u64) < SIZE,
+        "the stalled client got the whole file"
+    );
+
+    // Reads slowly, but reads: never idle for the io timeout, so it gets the whole file.
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    slow.write_all(request).unwrap();
+    let started = Instant::now();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 512 << 10];
+    loop {
+        let n = slow.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        // A slow client: well under the io timeout between reads.
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    assert!(
+        total > SIZE,
+        "the slow reader got {total} bytes of {SIZE} and the head"
+    );
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(1500),
+        "not slower than the timeout: {took:?}"
+    );
 }
