@@ -353,8 +353,10 @@ pub(crate) static OPTIONS: &[Opt] = &[
         kind: Kind::Duration,
         help: "Close a connection whose client has read nothing of its response for this long \
                (a client that asks and never reads holds a descriptor); 0 turns it off.",
-        more: "It covers HTTP/1 responses and upgraded connections. An HTTP/2 stream stalled by \
-               a zero window, and a request body that stops arriving, are not bounded by it yet.",
+        more: "The connection is closed between one and two timeouts after the client's last \
+               read. It covers HTTP/1 responses and upgraded connections. An HTTP/2 stream stalled \
+               by a zero window, and a request body that stops arriving, are not bounded by it \
+               yet.",
         default: Initial::Value("60s"),
         set: Set::One(|config, text, _| {
             config.io_timeout = value::duration(text)?;
