@@ -16,6 +16,14 @@ const ABOUT: &str = "A multi-worker prefork HTTP server.
 A master process binds the sockets and supervises worker processes that serve HTTP/1.1 and \
 HTTP/2 with tokio and hyper. Stopping, reloading or recycling loses no request and never hangs.";
 const SERVE_ABOUT: &str = "Start the master and its workers and serve until stopped by a signal.";
+const RUN_ABOUT: &str = "Run a program of any language as the workers, on sockets the master binds.
+
+Each worker executes PROGRAM with ARGS, in a process group of its own, with the listening sockets \
+as descriptors 3, 4, ... (LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES, as systemd passes them); \
+{fd} in ARGS becomes 3. PREFORK_WORKER holds the worker's slot and NOTIFY_SOCKET the master's \
+socket for READY=1 and WATCHDOG=1. TERM drains: the programs get --worker-stop-signal, and \
+their process groups are killed at the graceful timeout. HUP starts new programs (new code) and \
+stops the old ones once the new are ready.";
 const CHECK_ABOUT: &str = "Validate the configuration serve would use, without starting anything.
 
 Checks the options, the environment, the config file, the root directory, users and groups; \
@@ -32,6 +40,12 @@ fn described(name: &'static str, about: &'static str) -> clap::Command {
         command.long_about(about)
     }
 }
+
+/// The positional arguments of `run`: the program and its arguments.
+const PROGRAM: &str = "program";
+
+const RUN_EXAMPLE: &str =
+    "Example: prefork run -w 4 --graceful-timeout 10s -- uvicorn app:app --fd {fd}";
 
 /// The flag naming the config file: the one option that is not a setting, so not in the table.
 const CONFIG: &str = "config";
@@ -71,11 +85,15 @@ fn arg(opt: &Opt) -> Arg {
     arg
 }
 
-/// The options of `serve` and `check`. Each one can also be set in the config file under its
-/// name with underscores (`graceful_timeout = "10s"`) and in the environment as
-/// `PREFORK_NAME`. Precedence: defaults < config file < environment < command line.
-fn options() -> impl Iterator<Item = Arg> {
-    OPTIONS.iter().map(arg).chain([Arg::new(CONFIG)
+/// The options of `serve` and `check`, or of `run` (`for_programs`). Each one can also be set
+/// in the config file under its name with underscores (`graceful_timeout = "10s"`) and in the
+/// environment as `PREFORK_NAME`. Precedence: defaults < config file < environment < command
+/// line.
+fn options(for_programs: bool) -> impl Iterator<Item = Arg> {
+    let table = OPTIONS
+        .iter()
+        .filter(move |opt| opt.applies.to(for_programs));
+    table.map(arg).chain([Arg::new(CONFIG)
         .short('c')
         .long(CONFIG)
         .value_name("FILE")
@@ -92,6 +110,8 @@ fn options() -> impl Iterator<Item = Arg> {
 pub(crate) enum Action {
     Serve(Config),
     Check(Config),
+    /// `run`: the configuration holds the program.
+    Run(Config),
 }
 
 /// How parsing ended when it does not end in an [`Action`].
@@ -111,8 +131,23 @@ pub fn command() -> clap::Command {
         .max_term_width(100)
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .subcommand(described("serve", SERVE_ABOUT).args(options()))
-        .subcommand(described("check", CHECK_ABOUT).args(options()))
+        .subcommand(described("serve", SERVE_ABOUT).args(options(false)))
+        .subcommand(
+            described("run", RUN_ABOUT)
+                .args(options(true))
+                .arg(
+                    Arg::new(PROGRAM)
+                        .value_name("PROGRAM")
+                        .help("The program each worker runs, then its arguments")
+                        .required(true)
+                        .num_args(1..)
+                        .trailing_var_arg(true)
+                        .value_hint(ValueHint::CommandWithArguments)
+                        .value_parser(clap::value_parser!(OsString)),
+                )
+                .after_help(RUN_EXAMPLE),
+        )
+        .subcommand(described("check", CHECK_ABOUT).args(options(false)))
 }
 
 /// Parses the command line and the layers under it into a validated [`Config`].
@@ -122,10 +157,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, 
         .subcommand()
         .expect("clap requires a subcommand (subcommand_required is set)");
     let config = load(sub).map_err(|e| Exit::Usage(e.to_string()))?;
-    Ok(if name == "check" {
-        Action::Check(config)
-    } else {
-        Action::Serve(config)
+    Ok(match name {
+        "check" => Action::Check(config),
+        "run" => Action::Run(config),
+        _ => Action::Serve(config),
     })
 }
 
@@ -133,7 +168,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, 
 /// may have changed.
 pub(crate) fn reload(args: &[OsString]) -> Result<Config, Error> {
     match parse(args.iter().cloned()) {
-        Ok(Action::Serve(config) | Action::Check(config)) => Ok(config),
+        Ok(Action::Serve(config) | Action::Check(config) | Action::Run(config)) => Ok(config),
         Err(Exit::Usage(message)) => Err(Error::config(message)),
         // The same arguments asked for no help the first time.
         Err(Exit::Printed) => Err(Error::config("the command line asks for help")),
@@ -141,14 +176,24 @@ pub(crate) fn reload(args: &[OsString]) -> Result<Config, Error> {
 }
 
 fn load(matches: &ArgMatches) -> Result<Config, Error> {
-    let mut config = Config::default();
+    // Known before the config file is read: it decides which keys the file may hold.
+    let program = matches
+        .try_get_many::<OsString>(PROGRAM)
+        .ok()
+        .flatten()
+        .map(|args| args.cloned().collect());
+    let mut config = Config {
+        program,
+        ..Config::default()
+    };
     config.apply_platform_env()?;
     if let Some(path) = matches.get_one::<PathBuf>(CONFIG) {
         config.apply_file(path)?;
     }
+    let for_programs = config.program.is_some();
     // Environment first, then the command line, whatever order clap lists the ids in.
     for wanted in [ValueSource::EnvVariable, ValueSource::CommandLine] {
-        for opt in OPTIONS {
+        for opt in OPTIONS.iter().filter(|opt| opt.applies.to(for_programs)) {
             if matches.value_source(opt.key) != Some(wanted) {
                 continue;
             }
@@ -182,8 +227,14 @@ fn clap_exit(err: clap::Error) -> Exit {
         }
         _ => {
             let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let mut lines = rendered.lines();
+            let first = lines.next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
+            // "…were not provided:" is followed by what was missing, on the next line.
+            let first = match (first.ends_with(':'), lines.next()) {
+                (true, Some(what)) => format!("{first} {}", what.trim()),
+                _ => first.to_string(),
+            };
             Exit::Usage(format!("{first} (see prefork --help)"))
         }
     }

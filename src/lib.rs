@@ -30,6 +30,7 @@ pub mod exit;
 mod log;
 mod master;
 mod process;
+mod program;
 mod worker;
 
 use std::process::ExitCode;
@@ -93,6 +94,9 @@ impl Server {
         S: AppService,
     {
         self.config.validate()?;
+        if let Some(program) = &self.config.program {
+            program::check(program)?;
+        }
         let config = &self.config;
         log::init(&log::Settings {
             level: config.log_level,
@@ -112,7 +116,11 @@ impl Server {
         match master::Master::start(self.config, reconfigure, self.command_line)?.run() {
             master::Ran::Stopped(result) => result,
             master::Ran::Worker(handoff) => {
-                let code = worker::run(*handoff, &factory);
+                let code = if handoff.program.is_some() {
+                    program::exec(*handoff)
+                } else {
+                    worker::run(*handoff, &factory)
+                };
                 std::process::exit(i32::from(code))
             }
         }
@@ -150,6 +158,15 @@ where
         }
         Ok(cli::Action::Serve(config)) => match Server::new(config)
             .upgrades(args.clone())
+            .reload_with(move || cli::reload(&args))
+            .serve(factory)
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, e.exit_code()),
+        },
+        // A reload starts the programs anew, which is how their new code is deployed; the
+        // master itself is not executed again.
+        Ok(cli::Action::Run(config)) => match Server::new(config)
             .reload_with(move || cli::reload(&args))
             .serve(factory)
         {

@@ -6,6 +6,7 @@ pub(crate) mod options;
 mod source;
 pub(crate) mod value;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,6 +79,11 @@ pub struct Config {
     pub(crate) linger: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) health_path: Option<String>,
+    pub(crate) worker_stop_signal: nix::sys::signal::Signal,
+    pub(crate) ready_after: Duration,
+    pub(crate) prefix_output: bool,
+    /// For `prefork run`: the program each worker executes, with its arguments.
+    pub(crate) program: Option<Vec<OsString>>,
     pub(crate) limit_request_line: usize,
     pub(crate) limit_request_fields: usize,
     pub(crate) limit_request_field_size: usize,
@@ -120,6 +126,10 @@ impl Default for Config {
             linger: Duration::ZERO,
             shutdown_delay: Duration::ZERO,
             health_path: None,
+            worker_stop_signal: nix::sys::signal::Signal::SIGTERM,
+            ready_after: Duration::ZERO,
+            prefix_output: false,
+            program: None,
             limit_request_line: 0,
             limit_request_fields: 1,
             limit_request_field_size: 0,
@@ -391,6 +401,15 @@ impl Config {
     ) -> Result<(), Error> {
         let opt = options::find(key)
             .ok_or_else(|| Error::config(format!("unknown option '{key}' ({source})")))?;
+        let programs = self.program.is_some();
+        if !opt.applies.to(programs) {
+            let why = if programs {
+                "does not apply to prefork run"
+            } else {
+                "applies only to prefork run"
+            };
+            return Err(Error::config(format!("option '{key}' {why} ({source})")));
+        }
         opt.apply(self, values, source)
     }
 
@@ -449,7 +468,7 @@ impl Config {
 
     /// Checks what can only be checked against the machine, not the text of one value.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if !self.root.is_dir() {
+        if self.program.is_none() && !self.root.is_dir() {
             return Err(Error::config(format!(
                 "root directory '{}' ({}) does not exist or is not a directory",
                 self.root.display(),

@@ -13,6 +13,9 @@ use super::{Config, MAX_REQUEST_FIELDS, Source, credentials, value};
 /// it `--graceful-timeout` and the environment `PREFORK_GRACEFUL_TIMEOUT`.
 pub(crate) struct Opt {
     pub(crate) key: &'static str,
+    /// Which commands take it: options about serving HTTP mean nothing to `prefork run`'s
+    /// programs, and the program's own options nothing to `serve`.
+    pub(crate) applies: Applies,
     pub(crate) short: Option<char>,
     /// What `--help` calls the value: `DUR`, `N`, `ADDR`.
     pub(crate) value_name: &'static str,
@@ -24,6 +27,28 @@ pub(crate) struct Opt {
     pub(crate) more: &'static str,
     pub(crate) default: Initial,
     pub(crate) set: Set,
+}
+
+/// The commands an option belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Applies {
+    /// `serve`, `check` and `run`.
+    Both,
+    /// `serve` and `check`: prefork's own HTTP workers.
+    Serve,
+    /// `run`: workers that are programs of any language.
+    Run,
+}
+
+impl Applies {
+    /// Whether an option that applies so is one of `run`'s (`for_programs`) or of `serve`'s.
+    pub(crate) fn to(self, for_programs: bool) -> bool {
+        match self {
+            Applies::Both => true,
+            Applies::Serve => !for_programs,
+            Applies::Run => for_programs,
+        }
+    }
 }
 
 /// The shape of an option's value, for completions, for how the example config file writes
@@ -174,6 +199,7 @@ fn cpus() -> String {
 pub(crate) static OPTIONS: &[Opt] = &[
     Opt {
         key: "bind",
+        applies: Applies::Both,
         short: Some('b'),
         value_name: "ADDR",
         kind: Kind::Addrs,
@@ -200,6 +226,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "workers",
+        applies: Applies::Both,
         short: Some('w'),
         value_name: "N",
         kind: Kind::Count,
@@ -217,6 +244,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "threads",
+        applies: Applies::Serve,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -231,6 +259,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "worker_connections",
+        applies: Applies::Serve,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -247,6 +276,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "graceful_timeout",
+        applies: Applies::Both,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -263,6 +293,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "timeout",
+        applies: Applies::Both,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -277,6 +308,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "reload_timeout",
+        applies: Applies::Both,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -291,6 +323,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "max_requests",
+        applies: Applies::Serve,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -305,6 +338,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "max_requests_jitter",
+        applies: Applies::Serve,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -319,6 +353,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "backlog",
+        applies: Applies::Both,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -333,6 +368,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "keepalive",
+        applies: Applies::Serve,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -348,6 +384,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "io_timeout",
+        applies: Applies::Serve,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -365,6 +402,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "linger",
+        applies: Applies::Serve,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -379,6 +417,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "shutdown_delay",
+        applies: Applies::Both,
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
@@ -393,7 +432,55 @@ pub(crate) static OPTIONS: &[Opt] = &[
         }),
     },
     Opt {
+        key: "worker_stop_signal",
+        applies: Applies::Run,
+        short: None,
+        value_name: "SIGNAL",
+        kind: Kind::Text,
+        help: "The signal that asks a program to stop gracefully (TERM, INT, QUIT, ...); its \
+               whole process group is killed at the graceful timeout.",
+        more: "uvicorn, gunicorn, hypercorn and most Node and Go servers drain on TERM.",
+        default: Initial::Value("TERM"),
+        set: Set::One(|config, text, _| {
+            config.worker_stop_signal = value::signal(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "ready_after",
+        applies: Applies::Run,
+        short: None,
+        value_name: "DUR",
+        kind: Kind::Duration,
+        help: "A program that has not sent READY=1 to its NOTIFY_SOCKET is taken as ready this \
+               long after it started, if it is still running; 0: only READY=1 makes it ready.",
+        more: "Readiness gates a reload (the old programs stop only once the new ones are ready) \
+               and systemd's READY=1. A program that notifies later than this is ready earlier \
+               than it says: raise this, or set it to 0, for programs that notify.",
+        default: Initial::Value("1s"),
+        set: Set::One(|config, text, _| {
+            config.ready_after = value::duration(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "prefix_output",
+        applies: Applies::Run,
+        short: None,
+        value_name: "BOOL",
+        kind: Kind::Flag,
+        help: "Prefix each line a program writes to standard output or error with its worker's \
+               slot, as process managers do.",
+        more: "Without it the programs write to prefork's own standard output and error.",
+        default: Initial::Value("false"),
+        set: Set::One(|config, text, _| {
+            config.prefix_output = value::flag(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
         key: "health_path",
+        applies: Applies::Serve,
         short: None,
         value_name: "PATH",
         kind: Kind::Text,
@@ -411,6 +498,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "limit_request_line",
+        applies: Applies::Serve,
         short: None,
         value_name: "BYTES",
         kind: Kind::Count,
@@ -426,6 +514,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "limit_request_fields",
+        applies: Applies::Serve,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -441,6 +530,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "limit_request_field_size",
+        applies: Applies::Serve,
         short: None,
         value_name: "BYTES",
         kind: Kind::Count,
@@ -456,6 +546,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "http2_max_concurrent_streams",
+        applies: Applies::Serve,
         short: None,
         value_name: "N",
         kind: Kind::Count,
@@ -471,6 +562,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "user",
+        applies: Applies::Both,
         short: Some('u'),
         value_name: "USER",
         kind: Kind::Text,
@@ -492,6 +584,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "group",
+        applies: Applies::Both,
         short: Some('g'),
         value_name: "GROUP",
         kind: Kind::Text,
@@ -510,6 +603,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "umask",
+        applies: Applies::Both,
         short: None,
         value_name: "MODE",
         kind: Kind::Text,
@@ -526,6 +620,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "bind_mode",
+        applies: Applies::Both,
         short: None,
         value_name: "MODE",
         kind: Kind::Text,
@@ -543,6 +638,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "pid",
+        applies: Applies::Both,
         short: Some('p'),
         value_name: "FILE",
         kind: Kind::File,
@@ -560,6 +656,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "root",
+        applies: Applies::Serve,
         short: None,
         value_name: "DIR",
         kind: Kind::Dir,
@@ -575,6 +672,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "follow_symlinks",
+        applies: Applies::Serve,
         short: None,
         value_name: "BOOL",
         kind: Kind::Flag,
@@ -590,6 +688,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "serve_hidden",
+        applies: Applies::Serve,
         short: None,
         value_name: "BOOL",
         kind: Kind::Flag,
@@ -604,6 +703,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "log_level",
+        applies: Applies::Both,
         short: None,
         value_name: "LEVEL",
         kind: Kind::Text,
@@ -617,6 +717,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "log_format",
+        applies: Applies::Both,
         short: None,
         value_name: "FORMAT",
         kind: Kind::Text,
@@ -631,6 +732,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "error_logfile",
+        applies: Applies::Both,
         short: None,
         value_name: "PATH",
         kind: Kind::File,
@@ -646,6 +748,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
     },
     Opt {
         key: "access_logfile",
+        applies: Applies::Serve,
         short: None,
         value_name: "PATH",
         kind: Kind::File,

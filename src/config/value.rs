@@ -75,6 +75,18 @@ pub(crate) fn bind(text: &str) -> Result<Vec<BindAddr>, String> {
     Ok(addrs)
 }
 
+/// A signal by name, with or without its `SIG` prefix, in any case: `TERM`, `sigint`.
+pub(crate) fn signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
+    let name = text.trim().to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse()
+        .map_err(|_| "expected a signal name such as TERM, INT or QUIT".to_string())
+}
+
 /// A yes-or-no setting: `true` or `false`, or `yes`/`no`, `on`/`off`, `1`/`0` as
 /// environment variables often have it.
 pub(crate) fn flag(text: &str) -> Result<bool, String> {

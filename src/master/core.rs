@@ -46,16 +46,26 @@ pub(crate) struct Settings {
     /// Heartbeat timeout; zero turns the check off.
     pub(crate) timeout: Duration,
     pub(crate) reload_timeout: Duration,
+    /// A worker that has not said it is ready this long after it started is taken as ready:
+    /// programs that never notify (`prefork run`). `None`: only its message makes a worker
+    /// ready.
+    pub(crate) ready_after: Option<Duration>,
+    /// Whether workers beat from their start, as prefork's own do. A program is watched only
+    /// once it sends its first `WATCHDOG=1`.
+    pub(crate) watch_from_start: bool,
 }
 
 impl Settings {
     pub(crate) fn of(config: &Config) -> Self {
+        let programs = config.program.is_some();
         Self {
             workers: config.workers,
             graceful_timeout: config.graceful_timeout,
             shutdown_delay: config.shutdown_delay,
             timeout: config.timeout,
             reload_timeout: config.reload_timeout,
+            ready_after: Some(config.ready_after).filter(|after| programs && !after.is_zero()),
+            watch_from_start: !programs,
         }
     }
 }
@@ -308,7 +318,9 @@ impl Core {
                     self.slots[slot - 1].filled();
                 }
                 info!("worker {slot} (pid {pid}) spawned");
-                self.workers.push(Worker::new(slot, generation, pid, now));
+                let mut worker = Worker::new(slot, generation, pid, now);
+                worker.watched = self.settings.watch_from_start;
+                self.workers.push(worker);
             }
             Event::SpawnFailed { slot, generation } => {
                 if generation == self.generation {
@@ -346,6 +358,11 @@ impl Core {
         {
             wake = wake.min(*deadline);
         }
+        if let Some(after) = self.settings.ready_after {
+            for worker in self.workers.iter().filter(|w| !w.ready && !w.leaving) {
+                wake = wake.min(worker.started + after);
+            }
+        }
         if !matches!(self.state, State::Stopping(_)) {
             for slot in self.slots.iter().take(self.target) {
                 if let Some(at) = slot.respawn_at() {
@@ -361,7 +378,7 @@ impl Core {
     pub(crate) fn healthy(&self, now: Instant) -> bool {
         self.workers
             .iter()
-            .all(|w| w.killed || now - w.last_beat < HEARTBEAT_STALE)
+            .all(|w| w.killed || !w.watched || now - w.last_beat < HEARTBEAT_STALE)
     }
 
     fn on_signal(&mut self, sig: Signal, now: Instant, out: &mut Vec<Action>) {
@@ -688,14 +705,18 @@ impl Core {
         };
         match msg {
             ToMaster::Ready => {
+                if worker.ready {
+                    return;
+                }
                 worker.ready = true;
                 worker.last_beat = now;
                 info!("worker {} (pid {pid}) ready", worker.slot);
-                if let State::Booting { .. } = self.state {
-                    self.state = State::Starting;
-                }
+                self.booted();
             }
-            ToMaster::Heartbeat => worker.last_beat = now,
+            ToMaster::Heartbeat => {
+                worker.last_beat = now;
+                worker.watched = true;
+            }
             ToMaster::Retiring => {
                 if !worker.retiring && !worker.leaving {
                     worker.retiring = true;
@@ -708,8 +729,38 @@ impl Core {
         }
     }
 
+    /// A worker was ready: from now on, one dying is no failure to boot.
+    fn booted(&mut self) {
+        if let State::Booting { .. } = self.state {
+            self.state = State::Starting;
+        }
+    }
+
+    /// Programs that never said they are ready, still running `ready_after` after their start,
+    /// are taken as ready (einhorn's timer acknowledgement).
+    fn ready_by_timer(&mut self, now: Instant) {
+        let Some(after) = self.settings.ready_after else {
+            return;
+        };
+        let mut any = false;
+        for worker in &mut self.workers {
+            if !worker.ready && !worker.leaving && now - worker.started >= after {
+                worker.ready = true;
+                any = true;
+                info!(
+                    "worker {} (pid {}) ready: running for {after:?} without a READY=1",
+                    worker.slot, worker.pid
+                );
+            }
+        }
+        if any {
+            self.booted();
+        }
+    }
+
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.notice_suspension(now);
+        self.ready_by_timer(now);
         self.kill_hung(now, out);
         self.kill_overdue(now, out);
         if let State::Stopping(_) = self.state {
@@ -771,7 +822,7 @@ impl Core {
             return;
         }
         for worker in &mut self.workers {
-            if !worker.killed && now - worker.last_beat > timeout {
+            if worker.watched && !worker.killed && now - worker.last_beat > timeout {
                 error!(
                     "worker {} (pid {}) sent no heartbeat for {:.1?}: killing it",
                     worker.slot,
@@ -885,6 +936,8 @@ mod tests {
             shutdown_delay: Duration::ZERO,
             timeout: Duration::from_secs(30),
             reload_timeout: Duration::from_secs(30),
+            ready_after: None,
+            watch_from_start: true,
         }
     }
 

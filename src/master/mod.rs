@@ -11,6 +11,7 @@ mod core;
 mod descriptors;
 mod handover;
 mod pidfile;
+mod programs;
 mod signals;
 mod systemd;
 mod upgrade;
@@ -38,6 +39,7 @@ use crate::process::handoff::Handoff;
 use crate::process::listeners::{self, Listener};
 use crate::process::spawn::{Forked, spawn};
 use pidfile::Pidfile;
+use programs::Programs;
 use signals::Signals;
 use systemd::Notifier;
 use upgrade::{Preflight, Upgrade};
@@ -95,6 +97,8 @@ pub(crate) struct Master<'a> {
     /// In an image that took over from the previous one: the new generation's configuration
     /// and listeners, or why they could not be had, for the first turn.
     taken_over: Option<Result<Next, String>>,
+    /// For `prefork run`: the workers are programs, told and watched differently.
+    programs: Option<Programs>,
 }
 
 impl<'a> Master<'a> {
@@ -121,6 +125,12 @@ impl<'a> Master<'a> {
             Some(Err(why)) => return Err(Error::boot(why)),
             None => None,
         };
+        let programs = config
+            .program
+            .is_some()
+            .then(|| Programs::new(&config))
+            .transpose()
+            .map_err(|e| Error::io("cannot bind the programs' notification socket", e.into()))?;
         if let Some(mask) = config.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
         }
@@ -193,6 +203,7 @@ impl<'a> Master<'a> {
             board_file: board.1,
             upgrade,
             preflight: None,
+            programs,
         })
     }
 
@@ -241,6 +252,9 @@ impl<'a> Master<'a> {
                 }
             }
             let now = Instant::now();
+            if let Some(programs) = &mut self.programs {
+                programs.signal_due(now);
+            }
             let core = &self.core;
             self.notifier.watchdog(now, || core.healthy(now));
             self.sleep();
@@ -267,10 +281,13 @@ impl<'a> Master<'a> {
     fn execute(&mut self, action: Action, now: Instant) -> Done {
         match action {
             Action::Spawn { slot, generation } => return self.spawn(slot, generation),
-            Action::Tell { pid, leave } => self.tell(pid, leave),
-            Action::Kill { pid } => {
-                let _ = kill(pid, Signal::SIGKILL);
-            }
+            Action::Tell { pid, leave } => self.tell(pid, leave, now),
+            Action::Kill { pid } => match &self.programs {
+                Some(programs) => programs.kill(pid),
+                None => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            },
             Action::ReopenLogs => {
                 crate::log::reopen();
                 self.broadcast(ToWorker::ReopenLogs);
@@ -306,9 +323,21 @@ impl<'a> Master<'a> {
             .expect("fewer workers than cells to number them");
         self.board.clear(cell);
         let master = getpid();
+        let program = match self.programs.as_ref().map(Programs::prepare).transpose() {
+            Ok(program) => program,
+            Err(e) => {
+                error!("cannot start worker {slot}: {e}");
+                return Done::Then(Event::SpawnFailed { slot, generation });
+            }
+        };
         // SAFETY: the master is single-threaded: it never starts a thread and never runs tokio.
         match unsafe { spawn() } {
             Ok(Forked::Parent { child, control }) => {
+                if let (Some(programs), Some((side, readers))) = (&mut self.programs, program) {
+                    // The program's ends of its pipes are its own.
+                    drop(side);
+                    programs.spawned(child, slot, readers);
+                }
                 self.channels.push(Channel {
                     pid: child,
                     fd: Some(control),
@@ -336,6 +365,7 @@ impl<'a> Master<'a> {
                     control,
                     listeners,
                     config,
+                    program: program.map(|(side, _readers)| side),
                 })))
             }
             Err(e) => {
@@ -346,8 +376,12 @@ impl<'a> Master<'a> {
     }
 
     /// Sends the worker its orders; without a channel, a signal it treats the same way, with
-    /// its own clock for the deadline (the core's SIGKILL still bounds it).
-    fn tell(&self, pid: Pid, leave: Leave) {
+    /// its own clock for the deadline (the core's SIGKILL still bounds it). A program gets its
+    /// stop signal.
+    fn tell(&mut self, pid: Pid, leave: Leave, now: Instant) {
+        if let Some(programs) = &mut self.programs {
+            return programs.tell(pid, leave, now);
+        }
         let sent = self
             .channel(pid)
             .is_some_and(|fd| control::send(fd, &ToWorker::Leave(leave).encode()));
@@ -431,6 +465,9 @@ impl<'a> Master<'a> {
         }
         self.listeners = next.listeners;
         self.socket_files = listeners::socket_files(&self.listeners);
+        if let Some(programs) = &mut self.programs {
+            programs.reconfigure(&next.config);
+        }
         self.config = next.config;
         // Logged here, once the dropped addresses are closed, not where the core decided it.
         info!("reload complete: generation {generation} serving, the old workers draining");
@@ -480,6 +517,9 @@ impl<'a> Master<'a> {
             if let Some(index) = self.channels.iter().position(|c| c.pid == pid) {
                 let channel = self.channels.swap_remove(index);
                 self.board.clear(channel.cell);
+                if let Some(programs) = &mut self.programs {
+                    programs.reaped(pid);
+                }
             }
             events.push(Event::Exited { pid, status });
         }
@@ -498,12 +538,27 @@ impl<'a> Master<'a> {
                 }
             }
         }
+        if let Some(programs) = &mut self.programs {
+            let workers: Vec<Pid> = self.channels.iter().map(|c| c.pid).collect();
+            let mut notes = Vec::new();
+            programs.read(&workers, &mut notes);
+            events.extend(
+                notes
+                    .into_iter()
+                    .map(|(pid, msg)| Event::Message { pid, msg }),
+            );
+            programs.pump_output();
+        }
     }
 
     fn sleep(&mut self) {
         let now = Instant::now();
         let mut wake = self.core.next_wake(now);
-        if let Some(at) = self.notifier.next_wake() {
+        let programs_wake = self.programs.as_ref().and_then(Programs::next_wake);
+        for at in [self.notifier.next_wake(), programs_wake]
+            .into_iter()
+            .flatten()
+        {
             wake = wake.min(at.max(now));
         }
         // Round up so that the loop does not wake a hair early and spin.
@@ -515,6 +570,9 @@ impl<'a> Master<'a> {
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         for fd in self.channels.iter().filter_map(|c| c.fd.as_ref()) {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        for fd in self.programs.iter().flat_map(Programs::fds) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(Errno::EINTR) => {}

@@ -25,6 +25,9 @@ pub(crate) struct Worker {
     pub(crate) started: Instant,
     pub(crate) ready: bool,
     pub(crate) last_beat: Instant,
+    /// Whether a missing heartbeat means it hangs: always for prefork's own workers, and for a
+    /// program once it has sent a first `WATCHDOG=1`.
+    pub(crate) watched: bool,
     /// Reached its request limit: serves on until its replacement is ready.
     pub(crate) retiring: bool,
     /// Told to drain or quit: no longer counts towards the target.
@@ -43,6 +46,7 @@ impl Worker {
             started: now,
             ready: false,
             last_beat: now,
+            watched: true,
             retiring: false,
             leaving: false,
             kill_at: None,

@@ -22,4 +22,15 @@ pub(crate) struct Handoff {
     pub(crate) listeners: Vec<Listener>,
     /// The configuration of the worker's generation.
     pub(crate) config: Config,
+    /// For a worker that executes a program (`prefork run`): what the master set up for it.
+    pub(crate) program: Option<ProgramSide>,
+}
+
+/// What a program's worker gets beside the listeners.
+pub(crate) struct ProgramSide {
+    /// The master's socket for `READY=1` and `WATCHDOG=1`, as `NOTIFY_SOCKET` spells it.
+    pub(crate) notify_socket: String,
+    /// The write ends of the pipes that become its standard output and error, when the master
+    /// prefixes their lines.
+    pub(crate) output: Option<[OwnedFd; 2]>,
 }

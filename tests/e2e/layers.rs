@@ -1,5 +1,5 @@
 //! The source keeps its layers pointing one way (README, "Layout"): `lib`/`main` → `master`,
-//! `worker` → `process`, `log`, `application` → `config`. A module that names one
+//! `worker`, `program` → `process`, `log`, `application` → `config`. A module that names one
 //! above it, or a sibling of its own layer, fails here with the file and the line.
 
 use std::fs;
@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 /// Each module and the crate modules it must not name.
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    ("master", &["worker", "app"]),
-    ("worker", &["master", "app"]),
+    ("master", &["worker", "program", "app"]),
+    ("worker", &["master", "program", "app"]),
+    ("program", &["master", "worker", "app", "cli"]),
     ("process", &["master", "worker", "log", "app"]),
     ("log", &["master", "worker", "process", "app"]),
     (
