@@ -27,6 +27,7 @@ end
 complete -c prefork -n "__fish_prefork_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c prefork -n "__fish_prefork_needs_command" -s V -l version -d 'Print version'
 complete -c prefork -n "__fish_prefork_needs_command" -f -a "serve" -d 'Start the master and its workers and serve until stopped by a signal'
+complete -c prefork -n "__fish_prefork_needs_command" -f -a "run" -d 'Run a program of any language as the workers, on sockets the master binds'
 complete -c prefork -n "__fish_prefork_needs_command" -f -a "check" -d 'Validate the configuration serve would use, without starting anything'
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r -f
@@ -62,6 +63,27 @@ complete -c prefork -n "__fish_prefork_using_subcommand serve" -l access-logfile
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s c -l config -d 'TOML config file whose keys are the option names above, with underscores (graceful_timeout = "10s")' -r -F
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c prefork -n "__fish_prefork_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l graceful-timeout -d 'How long a graceful stop (TERM) may take, from the start of the drain (after any shutdown delay), before what is left is cut. Durations are written 30, 30s, 500ms, 2m or 1h. [default: 30s]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l timeout -d 'Kill and replace a worker whose runtime sent no heartbeat for this long (a handler blocking its thread); 0 turns the check off. [default: 30s]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l reload-timeout -d 'How long a reload (HUP) waits for the new workers to be ready before it gives up and keeps the old ones. [default: 30s]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l backlog -d 'Length of each listener\'s accept queue. [default: 2048]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l shutdown-delay -d 'After TERM, keep serving normally this long, with the health path answering 503, so load balancers stop sending traffic before the drain begins. The graceful timeout starts after it. [default: 0]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l worker-stop-signal -d 'The signal that asks a program to stop gracefully (TERM, INT, QUIT, ...); its whole process group is killed at the graceful timeout. [default: TERM]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l ready-after -d 'A program that has not sent READY=1 to its NOTIFY_SOCKET is taken as ready this long after it started, if it is still running; 0: only READY=1 makes it ready. [default: 1s]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l prefix-output -d 'Prefix each line a program writes to standard output or error with its worker\'s slot, as process managers do. [default: false]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s u -l user -d 'Run the workers as this user (name or uid), with its supplementary groups; the master keeps the privileges it started with. [default: the user that started prefork]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s g -l group -d 'Run the workers as this group (name or gid); with a user alone, the user\'s own group. The master keeps its own. [default: the group that started prefork]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l umask -d 'File mode creation mask, in octal, set at start. [default: the inherited one]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l bind-mode -d 'Mode of unix socket files, in octal (e.g. 660); their owner is the user and group prefork runs as. [default: from the umask]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s p -l pid -d 'Write the master\'s pid to this file once the sockets are bound (refused if it names a running process); removed at exit. [default: none]' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l log-level -d 'Most verbose level logged: error, warn, info, debug or trace. [default: info]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l log-format -d 'How log lines are written: text, or json (one object per line, for the error log and the access log). [default: text]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand run" -l error-logfile -d 'Where the master and workers log events: a file (appended to, reopened on USR1) or - for standard error. [default: -]' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s c -l config -d 'TOML config file whose keys are the option names above, with underscores (graceful_timeout = "10s")' -r -F
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c prefork -n "__fish_prefork_using_subcommand run" -s V -l version -d 'Print version'
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s b -l bind -d 'Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or separate them with commas. [default: 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -s w -l workers -d 'Number of worker processes. [default: $WEB_CONCURRENCY, else the number of CPUs]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l threads -d 'Runtime threads per worker: 1 runs a current-thread runtime, more a multi-thread one. [default: 1]' -r -f
@@ -76,6 +98,9 @@ complete -c prefork -n "__fish_prefork_using_subcommand check" -l keepalive -d '
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l io-timeout -d 'Close a connection whose client has read nothing of its response for this long (a client that asks and never reads holds a descriptor); 0 turns it off. [default: 60s]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l linger -d 'How long a draining worker keeps idle keep-alive connections open for a request that may already be on its way (served with Connection: close). [default: 1s]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l shutdown-delay -d 'After TERM, keep serving normally this long, with the health path answering 503, so load balancers stop sending traffic before the drain begins. The graceful timeout starts after it. [default: 0]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l worker-stop-signal -d 'The signal that asks a program to stop gracefully (TERM, INT, QUIT, ...); its whole process group is killed at the graceful timeout. [default: TERM]' -r
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l ready-after -d 'A program that has not sent READY=1 to its NOTIFY_SOCKET is taken as ready this long after it started, if it is still running; 0: only READY=1 makes it ready. [default: 1s]' -r -f
+complete -c prefork -n "__fish_prefork_using_subcommand check" -l prefix-output -d 'Prefix each line a program writes to standard output or error with its worker\'s slot, as process managers do. [default: false]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l health-path -d 'A path prefork answers itself: 200 while serving, 503 once a stop is requested (for load balancer health checks), e.g. /healthz. [default: none]' -r
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l limit-request-line -d 'Longest HTTP/1 request line accepted, in bytes (method, target and version, without the line end); a longer one is answered 414 and the connection closed. 0 leaves only the bound on the whole request head (64 KiB). [default: 4094]' -r -f
 complete -c prefork -n "__fish_prefork_using_subcommand check" -l limit-request-fields -d 'Most header fields a request may have (from 1 to 32768); more are answered 431 and the connection closed. [default: 100]' -r -f

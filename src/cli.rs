@@ -85,14 +85,14 @@ fn arg(opt: &Opt) -> Arg {
     arg
 }
 
-/// The options of `serve` and `check`, or of `run` (`for_programs`). Each one can also be set
+/// The options of `serve` (`Some(false)`), of `run` (`Some(true)`), or of both, for `check`. Each one can also be set
 /// in the config file under its name with underscores (`graceful_timeout = "10s"`) and in the
 /// environment as `PREFORK_NAME`. Precedence: defaults < config file < environment < command
 /// line.
-fn options(for_programs: bool) -> impl Iterator<Item = Arg> {
+fn options(for_programs: Option<bool>) -> impl Iterator<Item = Arg> {
     let table = OPTIONS
         .iter()
-        .filter(move |opt| opt.applies.to(for_programs));
+        .filter(move |opt| for_programs.is_none_or(|programs| opt.applies.to(programs)));
     table.map(arg).chain([Arg::new(CONFIG)
         .short('c')
         .long(CONFIG)
@@ -131,23 +131,29 @@ pub fn command() -> clap::Command {
         .max_term_width(100)
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .subcommand(described("serve", SERVE_ABOUT).args(options(false)))
+        .subcommand(described("serve", SERVE_ABOUT).args(options(Some(false))))
         .subcommand(
             described("run", RUN_ABOUT)
-                .args(options(true))
-                .arg(
-                    Arg::new(PROGRAM)
-                        .value_name("PROGRAM")
-                        .help("The program each worker runs, then its arguments")
-                        .required(true)
-                        .num_args(1..)
-                        .trailing_var_arg(true)
-                        .value_hint(ValueHint::CommandWithArguments)
-                        .value_parser(clap::value_parser!(OsString)),
-                )
+                .args(options(Some(true)))
+                .arg(program().required(true))
                 .after_help(RUN_EXAMPLE),
         )
-        .subcommand(described("check", CHECK_ABOUT).args(options(false)))
+        .subcommand(
+            described("check", CHECK_ABOUT)
+                .args(options(None))
+                .arg(program().help("With a program: check as prefork run would")),
+        )
+}
+
+/// The program of `run`, then its arguments.
+fn program() -> Arg {
+    Arg::new(PROGRAM)
+        .value_name("PROGRAM")
+        .help("The program each worker runs, then its arguments")
+        .num_args(1..)
+        .trailing_var_arg(true)
+        .value_hint(ValueHint::CommandWithArguments)
+        .value_parser(clap::value_parser!(OsString))
 }
 
 /// Parses the command line and the layers under it into a validated [`Config`].
@@ -191,9 +197,10 @@ fn load(matches: &ArgMatches) -> Result<Config, Error> {
         config.apply_file(path)?;
     }
     let for_programs = config.program.is_some();
+    let defined: Vec<&str> = matches.ids().map(clap::Id::as_str).collect();
     // Environment first, then the command line, whatever order clap lists the ids in.
     for wanted in [ValueSource::EnvVariable, ValueSource::CommandLine] {
-        for opt in OPTIONS.iter().filter(|opt| opt.applies.to(for_programs)) {
+        for opt in OPTIONS.iter().filter(|opt| defined.contains(&opt.key)) {
             if matches.value_source(opt.key) != Some(wanted) {
                 continue;
             }
@@ -202,10 +209,14 @@ fn load(matches: &ArgMatches) -> Result<Config, Error> {
             };
             let values: Vec<String> = values.cloned().collect();
             let source = match wanted {
+                // One environment may be shared by servers and programs: a variable of the
+                // other command is not this one's mistake.
+                ValueSource::EnvVariable if !opt.applies.to(for_programs) => continue,
                 ValueSource::EnvVariable => Source::Env(opt.env()),
+                // Refused by `check` when it belongs to the other command.
                 _ => Source::Cli(opt.long()),
             };
-            opt.apply(&mut config, &values, &source)?;
+            config.set_all(opt.key, &values, &source)?;
         }
     }
     config.validate()?;

@@ -144,6 +144,9 @@ where
         Err(cli::Exit::Printed) => ExitCode::SUCCESS,
         Err(cli::Exit::Usage(message)) => fail(&message, exit::USAGE),
         Ok(cli::Action::Check(config)) => {
+            if let Some(Err(e)) = config.program.as_deref().map(program::check) {
+                return fail(&e, e.exit_code());
+            }
             println!(
                 "prefork: configuration is valid: {} worker(s) on {}",
                 config.workers,

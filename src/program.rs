@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(substitute(OsStr::new("{fd}")), "3");
         assert_eq!(substitute(OsStr::new("fd://{fd}")), "fd://3");
         assert_eq!(substitute(OsStr::new("{fd},{fd}")), "3,3");
-        assert_eq!(substitute(OsStr::new("{fdx}")), "3x");
+        assert_eq!(substitute(OsStr::new("{fdx}")), "{fdx}");
         assert_eq!(substitute(OsStr::new("plain")), "plain");
     }
 

@@ -775,17 +775,32 @@ mod tests {
     use std::collections::HashSet;
     use std::io::Write as _;
 
-    /// Where the example config file is, and the variable that has the docs test rewrite it.
+    /// Where the example config files are (for `serve`, and for `run`), and the variable that
+    /// has the docs test rewrite them.
     const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/prefork.toml");
+    const RUN_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/prefork-run.toml");
     const UPDATE_VAR: &str = "PREFORK_UPDATE_DOCS";
 
-    const HEADER: &str = "\
+    const GENERATED: &str = "\
 # prefork example configuration, generated from the option table in src/config/options.rs
 # (`PREFORK_UPDATE_DOCS=1 cargo test docs` rewrites it).
 #
+";
+
+    const SERVE_USE: &str = "\
 # Read with `prefork serve -c /etc/prefork/prefork.toml` (or PREFORK_CONFIG=...). Check a file
 # without starting anything with `prefork check -c FILE`: exit status 0 when it is valid, 2 with
 # a one-line error naming the key and the file otherwise.
+";
+
+    const RUN_USE: &str = "\
+# For programs of any language: read with `prefork run -c /etc/prefork/app.toml -- PROGRAM ARGS`
+# (or PREFORK_CONFIG=...). Check a file without starting anything with
+# `prefork check -c FILE -- PROGRAM`: exit status 0 when it is valid. The options about serving
+# HTTP (threads, limits, root, ...) are the program's business and refused here.
+";
+
+    const LAYERS: &str = "\
 #
 # Keys are the command-line option names with underscores (--graceful-timeout becomes
 # graceful_timeout). Every option is listed below, commented out, with its default value or,
@@ -823,11 +838,13 @@ mod tests {
         }
     }
 
-    /// The example config file: each option's help as a comment, then the option commented out
-    /// with its default, or an example when its default is not one fixed value.
-    fn example_config() -> String {
-        let mut out = String::from(HEADER);
-        for opt in OPTIONS {
+    /// The example config file of `serve`, or of `run` (`for_programs`): each option's help as
+    /// a comment, then the option commented out with its default, or an example when its
+    /// default is not one fixed value.
+    fn example_config(for_programs: bool) -> String {
+        let usage = if for_programs { RUN_USE } else { SERVE_USE };
+        let mut out = format!("{GENERATED}{usage}{LAYERS}");
+        for opt in OPTIONS.iter().filter(|opt| opt.applies.to(for_programs)) {
             out.push('\n');
             // A fixed default goes without saying: it is the value shown.
             let (shown, value) = match &opt.default {
@@ -853,20 +870,26 @@ mod tests {
     }
 
     #[test]
-    fn docs_example_config_is_generated_from_the_table() {
-        let generated = example_config();
-        let committed = std::fs::read_to_string(EXAMPLE).unwrap_or_default();
-        if committed != generated && std::env::var(UPDATE_VAR).is_ok_and(|v| v == "1") {
-            std::fs::write(EXAMPLE, &generated).unwrap();
-            // Past the harness's capture of eprintln, so that a passing run says what it wrote.
-            let _ = writeln!(std::io::stderr(), "docs: wrote config/prefork.toml");
-            return;
+    fn docs_example_configs_are_generated_from_the_table() {
+        let update = std::env::var(UPDATE_VAR).is_ok_and(|v| v == "1");
+        for (path, for_programs) in [(EXAMPLE, false), (RUN_EXAMPLE, true)] {
+            let generated = example_config(for_programs);
+            let committed = std::fs::read_to_string(path).unwrap_or_default();
+            if committed == generated {
+                continue;
+            }
+            if update {
+                std::fs::write(path, &generated).unwrap();
+                // Past the harness's capture of eprintln, so that a passing run says what it
+                // wrote.
+                let _ = writeln!(std::io::stderr(), "docs: wrote {path}");
+                continue;
+            }
+            panic!(
+                "{path} differs from what the option table generates; regenerate it with: \
+                 {UPDATE_VAR}=1 cargo test docs"
+            );
         }
-        assert!(
-            committed == generated,
-            "config/prefork.toml differs from what the option table generates; regenerate it \
-             with: {UPDATE_VAR}=1 cargo test docs"
-        );
     }
 
     #[test]

@@ -1440,6 +1440,90 @@ mod tests {
         );
     }
 
+    /// A master of programs (`prefork run`) with `ready_after`.
+    fn programs(workers: usize, ready_after: Option<Duration>) -> Sim {
+        let mut sim = Sim::new(workers);
+        sim.core.settings.ready_after = ready_after;
+        sim.core.settings.watch_from_start = false;
+        sim.reload_to = Ok(sim.core.settings);
+        sim
+    }
+
+    #[test]
+    fn a_program_is_ready_when_it_says_so_or_at_the_timer() {
+        let mut sim = programs(2, Some(SECOND));
+        let [early, silent] = sim.tick_spawned()[..] else {
+            panic!("two workers");
+        };
+        assert_eq!(sim.core.next_wake(sim.now), sim.now + SECOND);
+        sim.advance(Duration::from_millis(300));
+        assert!(ready_notice(&sim.ready(&[early])).is_none(), "one of two");
+        sim.advance(Duration::from_millis(699));
+        assert!(ready_notice(&sim.tick()).is_none(), "before the timer");
+        sim.advance(Duration::from_millis(1));
+        assert!(ready_notice(&sim.tick()).is_some(), "at the timer");
+        assert!(
+            sim.core.workers.iter().all(|w| w.ready),
+            "{silent} not ready"
+        );
+    }
+
+    #[test]
+    fn without_a_timer_a_late_ready_gates_the_reload() {
+        let mut sim = programs(1, None);
+        let first = sim.tick_spawned();
+        sim.advance(SECOND * 20);
+        assert!(ready_notice(&sim.tick()).is_none(), "ready without READY=1");
+        sim.ready(&first);
+        sim.signal(Signal::SIGHUP);
+        let new = sim.tick_spawned();
+        sim.advance(SECOND * 20);
+        assert!(
+            told(&sim.tick()).is_empty(),
+            "the old program stopped early"
+        );
+        let actions = sim.ready(&new);
+        assert_eq!(told(&actions).len(), 1, "the old program kept");
+        assert_eq!(told(&actions)[0].0, first[0]);
+    }
+
+    #[test]
+    fn a_program_that_exits_before_its_timer_fails_the_reload() {
+        let mut sim = programs(1, Some(SECOND));
+        let first = sim.tick_spawned();
+        sim.advance(SECOND);
+        sim.tick();
+        sim.signal(Signal::SIGHUP);
+        let new = sim.tick_spawned();
+        sim.advance(Duration::from_millis(100));
+        let actions = sim.exit(new[0], WorkerExit::Code(1));
+        assert!(told(&actions).is_empty(), "the old program was stopped");
+        assert_eq!(sim.live(), first, "the old program serves on");
+        assert!(ready_notice(&actions).is_some_and(|s| s.contains("reload failed")));
+    }
+
+    #[test]
+    fn a_program_is_watched_only_once_it_beats() {
+        let mut sim = programs(1, Some(SECOND));
+        let pids = sim.tick_spawned();
+        sim.advance(SECOND * 100);
+        assert!(killed(&sim.tick()).is_empty(), "killed for never beating");
+        assert!(sim.core.healthy(sim.now));
+        sim.send(Event::Message {
+            pid: pids[0],
+            msg: ToMaster::Heartbeat,
+        });
+        sim.tick();
+        // In steps: a master that sleeps much longer than its longest sleep was suspended.
+        for _ in 0..30 {
+            sim.advance(SECOND);
+            assert!(killed(&sim.tick()).is_empty());
+        }
+        sim.advance(SECOND);
+        assert!(!sim.core.healthy(sim.now));
+        assert_eq!(killed(&sim.tick()), pids, "a program that stopped beating");
+    }
+
     #[test]
     fn a_hung_worker_is_killed_and_replaced_and_the_watchdog_waits() {
         let mut sim = Sim::serving(2);

@@ -313,13 +313,24 @@ fn check(config: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Ou
     cmd.output().expect("running prefork check")
 }
 
+/// The example config files: `serve`'s, and `run`'s (checked with a program).
+const EXAMPLES: &[(&str, &str, &[&str])] = &[
+    ("config/prefork.toml", "serve", &[]),
+    ("config/prefork-run.toml", "run", &["--", "true"]),
+];
+
 #[test]
-fn docs_example_config_documents_every_option_and_is_valid() {
-    const EXAMPLE: &str = "config/prefork.toml";
-    let text = read(EXAMPLE);
+fn docs_example_configs_document_every_option_and_are_valid() {
+    for (example, command, check_args) in EXAMPLES {
+        example_documents_every_option_and_is_valid(example, command, check_args);
+    }
+}
+
+fn example_documents_every_option_and_is_valid(example: &str, command: &str, check_args: &[&str]) {
+    let text = read(example);
     let keys = config_keys(&text);
 
-    let serve = cli().find_subcommand("serve").unwrap().clone();
+    let serve = cli().find_subcommand(command).unwrap().clone();
     let mut missing = Vec::new();
     for arg in serve.get_arguments() {
         let id = arg.get_id().as_str();
@@ -336,7 +347,7 @@ fn docs_example_config_documents_every_option_and_is_valid() {
     }
     assert!(
         missing.is_empty(),
-        "{EXAMPLE} does not document these options of `prefork serve` \
+        "{example} does not document these options of `prefork {command}` \
          (as `name = value` or `# name = value`): {}",
         missing.join(", ")
     );
@@ -350,15 +361,15 @@ fn docs_example_config_documents_every_option_and_is_valid() {
     duplicates.dedup();
     assert!(
         duplicates.is_empty(),
-        "{EXAMPLE} shows these keys more than once, so uncommenting them all would not parse: {}",
+        "{example} shows these keys more than once, so uncommenting them all would not parse: {}",
         duplicates.join(", ")
     );
 
     // The file as shipped.
-    let out = check(&repo().join(EXAMPLE), &[], &[]);
+    let out = check(&repo().join(example), &[], check_args);
     assert!(
         out.status.success(),
-        "prefork check -c {EXAMPLE} failed ({}):\n{}",
+        "prefork check -c {example} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -380,14 +391,48 @@ fn docs_example_config_documents_every_option_and_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let all = dir.path().join("all-options.toml");
     fs::write(&all, &uncommented).unwrap();
-    let out = check(&all, &[], &[]);
+    let out = check(&all, &[], check_args);
     assert!(
         out.status.success(),
-        "{EXAMPLE} with every `# name = value` line uncommented does not pass prefork check \
+        "{example} with every `# name = value` line uncommented does not pass prefork check \
          ({}):\n{}\n--- the uncommented file ---\n{uncommented}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Compares the defaults `--help` of `command` states with those `example` shows; collects
+/// every default in `defaults` and every disagreement in `wrong`.
+fn defaults_agree(
+    example: &str,
+    command: &str,
+    defaults: &mut std::collections::HashMap<String, String>,
+    wrong: &mut Vec<String>,
+) {
+    let text = read(example);
+    let cli = cli().find_subcommand(command).unwrap().clone();
+    for arg in cli.get_arguments() {
+        let (Some(long), Some(default)) = (arg.get_long(), help_default(arg)) else {
+            continue;
+        };
+        let key = long.replace('-', "_");
+        let shown = text.lines().find_map(|line| {
+            let rest = line
+                .trim()
+                .strip_prefix('#')?
+                .trim_start()
+                .strip_prefix(&*key)?;
+            let value = rest.trim_start().strip_prefix('=')?.trim();
+            Some(value.trim_matches('"').to_string())
+        });
+        match shown {
+            Some(value) if value == default => {}
+            other => wrong.push(format!(
+                "{key}: --help says {default}, {example} shows {other:?}"
+            )),
+        }
+        defaults.insert(key, default);
+    }
 }
 
 /// The `[default: X]` at the end of an option's help, when it is one plain value.
@@ -420,35 +465,14 @@ fn millis(text: &str) -> u64 {
 /// unit's stop timeout leaves room for prefork's own deadline.
 #[test]
 fn docs_defaults_agree_with_the_cli() {
-    let text = read("config/prefork.toml");
-    let serve = cli().find_subcommand("serve").unwrap().clone();
     let mut defaults = std::collections::HashMap::new();
     let mut wrong = Vec::new();
-    for arg in serve.get_arguments() {
-        let (Some(long), Some(default)) = (arg.get_long(), help_default(arg)) else {
-            continue;
-        };
-        let key = long.replace('-', "_");
-        let shown = text.lines().find_map(|line| {
-            let rest = line
-                .trim()
-                .strip_prefix('#')?
-                .trim_start()
-                .strip_prefix(&*key)?;
-            let value = rest.trim_start().strip_prefix('=')?.trim();
-            Some(value.trim_matches('"').to_string())
-        });
-        match shown {
-            Some(value) if value == default => {}
-            other => wrong.push(format!(
-                "{key}: --help says {default}, config/prefork.toml shows {other:?}"
-            )),
-        }
-        defaults.insert(key, default);
+    for (example, command, _) in EXAMPLES {
+        defaults_agree(example, command, &mut defaults, &mut wrong);
     }
     assert!(
         wrong.is_empty(),
-        "config/prefork.toml should show each option commented out with its default \
+        "the example configs should show each option commented out with its default \
          (`# key = default`):\n  {}",
         wrong.join("\n  ")
     );
