@@ -477,20 +477,22 @@ fn docs_defaults_agree_with_the_cli() {
         wrong.join("\n  ")
     );
 
-    let unit = read("config/prefork.service");
-    let stop = unit
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("TimeoutStopSec="))
-        .expect("config/prefork.service sets TimeoutStopSec=");
     let prefork_deadline: u64 = ["graceful_timeout", "shutdown_delay"]
         .iter()
         .map(|key| defaults.get(*key).map_or(0, |d| millis(d)))
         .sum();
-    assert!(
-        millis(stop) > prefork_deadline,
-        "TimeoutStopSec={stop} in config/prefork.service must be larger than the default \
-         shutdown_delay + graceful_timeout ({prefork_deadline} ms)"
-    );
+    for unit_file in ["config/prefork.service", "config/prefork-fastapi.service"] {
+        let unit = read(unit_file);
+        let stop = unit
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("TimeoutStopSec="))
+            .unwrap_or_else(|| panic!("{unit_file} sets no TimeoutStopSec="));
+        assert!(
+            millis(stop) > prefork_deadline,
+            "TimeoutStopSec={stop} in {unit_file} must be larger than the default \
+             shutdown_delay + graceful_timeout ({prefork_deadline} ms)"
+        );
+    }
 }
 
 /// The precedence the example config file states: WEB_CONCURRENCY, then the file, then
