@@ -303,7 +303,7 @@ fn ids(pid: Pid, key: &str) -> Vec<u32> {
 
 /// Asserts that `pid` runs as `uid`/`gid` (real, effective, saved and filesystem ids), with no
 /// supplementary group but `gid`, and whether it has no-new-privs.
-fn assert_runs_as(pid: Pid, uid: u32, gid: u32, no_new_privs: bool) {
+pub(super) fn assert_runs_as(pid: Pid, uid: u32, gid: u32, no_new_privs: bool) {
     assert_eq!(ids(pid, "Uid:"), [uid; 4], "{pid}: uids");
     assert_eq!(ids(pid, "Gid:"), [gid; 4], "{pid}: gids");
     if uid != 0 {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::deploy::assert_runs_as;
 use super::http::{Conn, get, try_get};
 use super::load::Load;
 use super::support::procfs::{alive, process_group_alive};
@@ -249,16 +250,13 @@ fn run_hup_deploys_the_changed_source_with_no_connection_refused() {
 }
 
 /// The plain Python server, serving the text of `version` (a file) and ready `delay` after it
-/// starts, with `options`.
+/// starts, with `options`. It needs only the standard library: the system's Python runs it,
+/// which a worker that dropped its privileges may execute too.
 fn notify_server(options: &[&str], version: &Path, delay: &str) -> Builder {
-    let python = pyenv("python");
     let script = programs_dir().join("notify_server.py");
-    run_builder(
-        options,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-    )
-    .env("VERSION_FILE", version.to_str().unwrap())
-    .env("READY_DELAY", delay)
+    run_builder(options, &["/usr/bin/python3", script.to_str().unwrap()])
+        .env("VERSION_FILE", version.to_str().unwrap())
+        .env("READY_DELAY", delay)
 }
 
 #[test]
@@ -353,4 +351,93 @@ fn run_passes_the_sockets_as_systemd_does_and_prefixes_output() {
     // Its standard error, each line prefixed with the slot (the test reads the master's).
     server.wait_log("[worker 1] notify_server: worker 1 serving one", PATIENCE);
     server.wait_log("[worker 2] notify_server: worker 2 serving one", PATIENCE);
+}
+
+#[test]
+fn run_a_program_that_stops_beating_is_killed_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("version");
+    std::fs::write(&version, "one").unwrap();
+    let server = notify_server(&["-w", "1", "--timeout", "2s"], &version, "0")
+        .env("BEAT_ONCE", "1")
+        .start();
+    let hung = server.workers();
+    server.wait_log("beat once, now hanging", PATIENCE);
+    server.wait_log("sent no heartbeat", PATIENCE);
+    let replaced = server.wait_workers(1, &hung);
+    assert_ne!(replaced, hung);
+    assert!(
+        hung.iter().all(|w| !process_group_alive(*w)),
+        "the hung program's group survived"
+    );
+}
+
+#[test]
+fn run_a_quick_stop_kills_a_program_that_ignores_it_after_one_second() {
+    let app = app_dir();
+    let mut server = uvicorn(&["-w", "1"], app.path()).start();
+    let workers = server.workers();
+    let _ws = websocket(&server);
+    let int = Instant::now();
+    server.signal(Signal::SIGINT);
+    let (status, _) = server.expect_exit(Duration::from_secs(1) + MARGIN + PATIENCE);
+    assert!(status.success(), "{status:?}");
+    let took = int.elapsed();
+    assert!(
+        took < Duration::from_secs(1) + MARGIN,
+        "stopped after {took:?}"
+    );
+    assert!(groups_gone(&workers));
+}
+
+#[test]
+fn run_programs_drop_privileges_and_the_master_keeps_them() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "dropping privileges needs root: run the suite as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let version = dir.path().join("version");
+    std::fs::write(&version, "one").unwrap();
+    let options = ["-w", "2", "--user", "nobody", "--group", "nogroup"];
+    let server = notify_server(&options, &version, "0").start();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    assert_runs_as(server.pid(), 0, 0, false);
+    for program in server.workers() {
+        assert_runs_as(program, nobody, nogroup, true);
+    }
+    assert!(get(server.addr, "/").text().starts_with("one "));
+}
+
+#[test]
+fn run_a_node_server_serves_on_descriptor_3_and_drains_on_term() {
+    let script = programs_dir().join("server.js");
+    let mut server = run_builder(&["-w", "2"], &["node", script.to_str().unwrap()]).start();
+    server.wait_log("worker 1 listening on fd 3", PATIENCE);
+    server.wait_log("worker 2 listening on fd 3", PATIENCE);
+    assert!(get(server.addr, "/").text().starts_with("node "));
+    let mut slow = Conn::connect(server.addr).unwrap();
+    slow.send(b"GET /?ms=1000 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    server.signal(Signal::SIGTERM);
+    let response = slow
+        .read_response(false)
+        .expect("the request in flight at TERM");
+    assert_eq!(response.status, 200);
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success(), "{status:?}\n{}", server.log());
 }

@@ -3,7 +3,8 @@
 It serves HTTP on the inherited socket (LISTEN_FDS, descriptor 3) and answers each request
 with the text of the file named by VERSION_FILE as it was when the server started. It sends
 READY=1 to NOTIFY_SOCKET after READY_DELAY seconds, and exits with status 1 at once when that
-text is "exit", like a deploy whose code does not start.
+text is "exit", like a deploy whose code does not start. With BEAT_ONCE set it sends one
+WATCHDOG=1 and then hangs, like a server whose event loop is stuck.
 """
 
 import http.server
@@ -49,6 +50,11 @@ def main():
     server.socket = listener
     time.sleep(float(os.environ.get("READY_DELAY", "0")))
     notify("READY=1")
+    if os.environ.get("BEAT_ONCE"):
+        notify("WATCHDOG=1")
+        print("notify_server: beat once, now hanging", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
     print(
         f"notify_server: worker {os.environ['PREFORK_WORKER']} serving {version}",
         file=sys.stderr,
