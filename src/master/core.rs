@@ -678,8 +678,11 @@ impl Core {
         if let State::Booting { failures } = &mut self.state {
             *failures += 1;
             if status == WorkerExit::Code(i32::from(exit::BOOT_FAILED)) {
+                // A program's own "cannot start" (uvicorn's and gunicorn's status 3) too.
                 return out.push(Action::Abort(format!(
-                    "worker {slot} failed to boot: the application could not be built"
+                    "worker {slot} failed to boot (exit status {}): the application could not \
+                     be built or started",
+                    exit::BOOT_FAILED
                 )));
             }
             if *failures >= MAX_BOOT_ATTEMPTS {

@@ -323,6 +323,30 @@ fn run_a_missing_program_is_one_line_and_exit_status_3() {
         stderr.trim(),
         "prefork: error: cannot run 'no-such-program-anywhere': no such executable in PATH"
     );
+    // An application that cannot be imported: uvicorn exits 3, and no worker ever booted.
+    let uvicorn = pyenv("uvicorn");
+    let (status, stderr) = run(
+        Bin::Prefork,
+        &["run", "-w", "2", "-b", "127.0.0.1:0", "--"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2), "no program: {stderr}");
+    let program = [
+        uvicorn.to_str().unwrap(),
+        "nosuchmodule:app",
+        "--fd",
+        "{fd}",
+    ];
+    let mut args = vec!["run", "-w", "2", "-b", "127.0.0.1:0", "--"];
+    args.extend(program);
+    let (status, stderr) = run(Bin::Prefork, &args, &[]);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("Could not import module"), "{stderr}");
+    assert!(
+        stderr.contains("prefork: error: worker 1 failed to boot (exit status 3)")
+            || stderr.contains("prefork: error: worker 2 failed to boot (exit status 3)"),
+        "{stderr}"
+    );
     // Options about serving HTTP are refused: they would mean nothing to the program.
     let (status, stderr) = run(Bin::Prefork, &["run", "--threads", "4", "--", "true"], &[]);
     assert_eq!(status.code(), Some(2), "{stderr}");
