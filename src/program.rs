@@ -145,6 +145,9 @@ fn place_listeners(listeners: &[Listener]) -> std::io::Result<()> {
 fn command(argv: &[OsString], slot: usize, listeners: usize, config: &Config) -> Command {
     let mut command = Command::new(&argv[0]);
     command.args(argv[1..].iter().map(|arg| substitute(arg)));
+    // In a process group of its own, a program is in the background of a terminal it was
+    // started from, and reading from it would stop the program (SIGTTIN).
+    command.stdin(std::process::Stdio::null());
     let pid = getpid().to_string();
     let names = vec![FD_NAME; listeners].join(":");
     command
