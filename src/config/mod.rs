@@ -79,6 +79,8 @@ pub struct Config {
     pub(crate) linger: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) health_path: Option<String>,
+    pub(crate) metrics_bind: Vec<BindAddr>,
+    pub(crate) metrics_bind_source: Source,
     pub(crate) worker_stop_signal: nix::sys::signal::Signal,
     pub(crate) ready_after: Duration,
     pub(crate) prefix_output: bool,
@@ -126,6 +128,8 @@ impl Default for Config {
             linger: Duration::ZERO,
             shutdown_delay: Duration::ZERO,
             health_path: None,
+            metrics_bind: Vec::new(),
+            metrics_bind_source: Source::Default,
             worker_stop_signal: nix::sys::signal::Signal::SIGTERM,
             ready_after: Duration::ZERO,
             prefix_output: false,
@@ -475,6 +479,19 @@ impl Config {
                 self.root_source
             )));
         }
+        // Port 0 may be given to both: each gets a port of its own.
+        let any_port = |addr: &&BindAddr| matches!(addr, BindAddr::Tcp(a) if a.port() == 0);
+        if let Some(shared) = self
+            .metrics_bind
+            .iter()
+            .filter(|addr| !any_port(addr))
+            .find(|addr| self.bind.contains(addr))
+        {
+            return Err(Error::config(format!(
+                "metrics address {shared} ({}) is also an address of the application ({})",
+                self.metrics_bind_source, self.bind_source
+            )));
+        }
         if self.bind.is_empty() {
             return Err(Error::config(format!(
                 "no address to listen on ({})",
@@ -568,6 +585,22 @@ mod tests {
             cfg.bind,
             vec![BindAddr::Tcp("127.0.0.1:3".parse().unwrap())]
         );
+    }
+
+    #[test]
+    fn the_metrics_need_an_address_of_their_own() {
+        let cli = |flag: &str| Source::Cli(flag.into());
+        let mut cfg = Config::default();
+        cfg.set("bind", "127.0.0.1:8000", &cli("bind")).unwrap();
+        cfg.set("metrics_bind", "127.0.0.1:8000", &cli("metrics-bind"))
+            .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("also an address of the application"), "{err}");
+        // Port 0 is a port of its own each time it is bound.
+        cfg.set("bind", "127.0.0.1:0", &cli("bind")).unwrap();
+        cfg.set("metrics_bind", "127.0.0.1:0", &cli("metrics-bind"))
+            .unwrap();
+        cfg.validate().unwrap();
     }
 
     proptest::proptest! {

@@ -497,6 +497,28 @@ pub(crate) static OPTIONS: &[Opt] = &[
         }),
     },
     Opt {
+        key: "metrics_bind",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "ADDR",
+        kind: Kind::Text,
+        help: "Serve Prometheus metrics at /metrics on this address of their own (HOST:PORT or \
+               unix:PATH), never on the application's.",
+        more: "Requests, responses by status class, request durations, connections open, \
+               accepted and cut, requests in flight, worker starts and exits by cause, reloads, \
+               the generation: per worker slot and in total, across worker restarts. Any worker \
+               answers a scrape with the numbers of all of them.",
+        default: Initial::Unset {
+            shown: "none",
+            example: "127.0.0.1:9100",
+        },
+        set: Set::One(|config, text, source| {
+            config.metrics_bind = value::bind(text)?;
+            config.metrics_bind_source = source.clone();
+            Ok(())
+        }),
+    },
+    Opt {
         key: "limit_request_line",
         applies: Applies::Serve,
         short: None,

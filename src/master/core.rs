@@ -20,6 +20,7 @@ use super::workers::{Slot, Worker, WorkerExit};
 use crate::config::Config;
 use crate::exit;
 use crate::process::control::{Leave, ToMaster};
+use crate::process::metrics::ExitCause;
 
 /// How long workers told to quit get before they are killed.
 const QUICK_GRACE: Duration = Duration::from_secs(1);
@@ -371,6 +372,19 @@ impl Core {
             }
         }
         wake.max(now)
+    }
+
+    /// How the worker `pid` ended, as far as the master had a hand in it; `None` for a process
+    /// that is no worker. Asked before the exit is handed to [`Core::handle`].
+    pub(crate) fn exit_cause(&self, pid: Pid) -> Option<ExitCause> {
+        let worker = self.workers.iter().find(|w| w.pid == pid)?;
+        Some(if worker.killed {
+            ExitCause::Killed
+        } else if worker.leaving {
+            ExitCause::Stopped
+        } else {
+            ExitCause::Crashed
+        })
     }
 
     /// Whether every worker beats, for systemd's watchdog: a master whose workers hang should

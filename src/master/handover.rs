@@ -26,6 +26,8 @@ pub(crate) struct Record {
     pub(crate) listeners: Vec<ListenerRecord>,
     /// The memory file of the accept-balancing board.
     pub(crate) board: RawFd,
+    /// The memory file of the metrics; absent from records of builds without metrics.
+    pub(crate) metrics: Option<RawFd>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,8 @@ pub(crate) struct ListenerRecord {
     pub(crate) fd: RawFd,
     /// Passed by systemd: kept whatever the configuration says.
     pub(crate) activated: bool,
+    /// Serves the metrics (false in records of builds without metrics).
+    pub(crate) metrics: bool,
 }
 
 impl Record {
@@ -75,7 +79,14 @@ impl Record {
         let listeners: Vec<Value> = self
             .listeners
             .iter()
-            .map(|l| json!({"addr": l.addr, "fd": l.fd, "activated": l.activated}))
+            .map(|l| {
+                json!({
+                    "addr": l.addr,
+                    "fd": l.fd,
+                    "activated": l.activated,
+                    "metrics": l.metrics,
+                })
+            })
             .collect();
         json!({
             "version": VERSION,
@@ -86,6 +97,7 @@ impl Record {
             "workers": workers,
             "listeners": listeners,
             "board": self.board,
+            "metrics": self.metrics,
         })
         .to_string()
     }
@@ -126,6 +138,7 @@ impl Record {
                     addr: l.text("addr")?,
                     fd: l.int("fd")?,
                     activated: l.flag("activated")?,
+                    metrics: l.optional("metrics", Fields::flag)?.unwrap_or(false),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -137,6 +150,7 @@ impl Record {
             workers,
             listeners,
             board: top.int("board")?,
+            metrics: top.optional("metrics", Fields::int)?,
         })
     }
 }
@@ -256,14 +270,23 @@ mod tests {
                     addr: "127.0.0.1:0".into(),
                     fd: 3,
                     activated: false,
+                    metrics: false,
+                },
+                ListenerRecord {
+                    addr: "127.0.0.1:9100".into(),
+                    fd: 6,
+                    activated: false,
+                    metrics: true,
                 },
                 ListenerRecord {
                     addr: "unix:/run/app.sock".into(),
                     fd: 4,
                     activated: true,
+                    metrics: false,
                 },
             ],
             board: 5,
+            metrics: Some(7),
         }
     }
 
@@ -285,6 +308,14 @@ mod tests {
         value["version"] = json!(VERSION);
         value["added_later"] = json!({"anything": [1, 2]});
         assert_eq!(Record::decode(&value.to_string()), Ok(sample()));
+        // A build without metrics wrote neither the table nor the listeners' flag.
+        value.as_object_mut().unwrap().remove("metrics");
+        for listener in value["listeners"].as_array_mut().unwrap() {
+            listener.as_object_mut().unwrap().remove("metrics");
+        }
+        let old = Record::decode(&value.to_string()).unwrap();
+        assert_eq!(old.metrics, None);
+        assert!(old.listeners.iter().all(|l| !l.metrics));
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::process::board::Board;
 use crate::process::control::{self, Leave, Received, ToMaster, ToWorker};
 use crate::process::handoff::Handoff;
 use crate::process::listeners::{self, Listener};
+use crate::process::metrics::Metrics;
 use crate::process::spawn::{Forked, spawn};
 use pidfile::Pidfile;
 use programs::Programs;
@@ -89,6 +90,9 @@ pub(crate) struct Master<'a> {
     board: Board,
     /// The memory file behind the board, handed to a new image on an upgrade.
     board_file: OwnedFd,
+    /// What `--metrics-bind` serves, and its memory file, kept across upgrades too.
+    metrics: Metrics,
+    metrics_file: OwnedFd,
     /// How to execute the binary on disk; `None` for a library that did not give prefork its
     /// command line, whose reloads fork the running image.
     upgrade: Option<Upgrade>,
@@ -168,6 +172,12 @@ impl<'a> Master<'a> {
         let notifier = Notifier::from_env();
         let now = Instant::now();
         let settings = Settings::of(&config);
+        let metrics = match inherited.as_mut().and_then(|i| i.metrics.take()) {
+            Some(metrics) => metrics,
+            None => {
+                Metrics::new().map_err(|e| Error::io("cannot map the metrics table", e.into()))?
+            }
+        };
         let (core, board, channels, next) = match inherited {
             Some(inherited) => {
                 let next = listeners::bind_all(&config, &listeners)
@@ -201,6 +211,8 @@ impl<'a> Master<'a> {
             notifier,
             board: board.0,
             board_file: board.1,
+            metrics: metrics.0,
+            metrics_file: metrics.1,
             upgrade,
             preflight: None,
             programs,
@@ -297,11 +309,20 @@ impl<'a> Master<'a> {
             }
             Action::Preflight => return Done::Then(Event::Preflight(self.preflight())),
             Action::Exec => return Done::Then(Event::ExecFailed(self.exec())),
-            Action::CommitReload { generation } => self.commit_reload(generation),
-            Action::AbandonReload { generation } => self.abandon_reload(generation),
+            Action::CommitReload { generation } => {
+                self.metrics.reloaded(Some(generation));
+                self.commit_reload(generation);
+            }
+            Action::AbandonReload { generation } => {
+                self.metrics.reloaded(None);
+                self.abandon_reload(generation);
+            }
             // Workers hold their own copies of the listening sockets; each socket closes when
             // the last draining worker lets go of it.
-            Action::CloseListeners => self.listeners.clear(),
+            Action::CloseListeners => {
+                self.metrics.stopping();
+                self.listeners.clear();
+            }
             Action::Notify(notice) => self.notify(notice, now),
             Action::Exit => {
                 self.clean_up();
@@ -333,6 +354,7 @@ impl<'a> Master<'a> {
         // SAFETY: the master is single-threaded: it never starts a thread and never runs tokio.
         match unsafe { spawn() } {
             Ok(Forked::Parent { child, control }) => {
+                self.metrics.started(cell, slot);
                 if let (Some(programs), Some((side, readers))) = (&mut self.programs, program) {
                     // The program's ends of its pipes are its own.
                     drop(side);
@@ -361,6 +383,7 @@ impl<'a> Master<'a> {
                 Done::Return(Ran::Worker(Box::new(Handoff {
                     slot,
                     seat: self.board.seat(cell),
+                    meter: self.metrics.meter(cell, slot),
                     master,
                     control,
                     listeners,
@@ -438,6 +461,7 @@ impl<'a> Master<'a> {
             &self.channels,
             &self.listeners,
             &self.board_file,
+            &self.metrics_file,
         );
         upgrade.exec(&record, &keep)
     }
@@ -517,6 +541,9 @@ impl<'a> Master<'a> {
             if let Some(index) = self.channels.iter().position(|c| c.pid == pid) {
                 let channel = self.channels.swap_remove(index);
                 self.board.clear(channel.cell);
+                if let Some(cause) = self.core.exit_cause(pid) {
+                    self.metrics.exited(channel.cell, cause);
+                }
                 if let Some(programs) = &mut self.programs {
                     programs.reaped(pid);
                 }

@@ -27,6 +27,7 @@ use crate::config::value;
 use crate::process::board::Board;
 use crate::process::control;
 use crate::process::listeners::{self, Listener};
+use crate::process::metrics::Metrics;
 
 /// The record, as JSON, for the new image.
 const RECORD_VAR: &str = "PREFORK_UPGRADE_RECORD";
@@ -189,11 +190,13 @@ pub(crate) fn handed_over() -> Option<Result<Record, String>> {
 pub(crate) struct Inherited {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) board: (Board, OwnedFd),
+    /// `None` from a build without metrics.
+    pub(crate) metrics: Option<(Metrics, OwnedFd)>,
     pub(crate) channels: Vec<Channel>,
     pub(crate) snapshot: Snapshot,
 }
 
-/// Takes the descriptors `record` names: listeners, channels and the board.
+/// Takes the descriptors `record` names: listeners, channels, the board and the metrics.
 pub(crate) fn inherit(record: &Record) -> io::Result<Inherited> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut listeners = Vec::new();
@@ -204,11 +207,21 @@ pub(crate) fn inherit(record: &Record) -> io::Result<Inherited> {
             .ok_or_else(|| invalid(format!("listener address {}", l.addr)))?;
         // SAFETY: the record names the descriptor, and it is taken once.
         let fd = unsafe { take_fd(l.fd) }?;
-        listeners.push(listeners::inherited(fd, Some(addr), l.activated)?);
+        let mut listener = listeners::inherited(fd, Some(addr), l.activated)?;
+        listener.metrics = l.metrics;
+        listeners.push(listener);
     }
     // SAFETY: as above.
     let board_file = unsafe { take_fd(record.board) }?;
     let board = Board::map(&board_file)?;
+    let metrics = record
+        .metrics
+        .map(|fd| -> io::Result<_> {
+            // SAFETY: as above.
+            let file = unsafe { take_fd(fd) }?;
+            Ok((Metrics::map(&file)?, file))
+        })
+        .transpose()?;
     let now = Instant::now();
     let mut channels = Vec::new();
     let mut workers = Vec::new();
@@ -231,6 +244,7 @@ pub(crate) fn inherit(record: &Record) -> io::Result<Inherited> {
     Ok(Inherited {
         listeners,
         board: (board, board_file),
+        metrics,
         channels,
         snapshot: Snapshot {
             generation: record.generation,
@@ -248,8 +262,9 @@ pub(crate) fn record<'a>(
     channels: &'a [Channel],
     listeners: &'a [Listener],
     board: &'a OwnedFd,
+    metrics: &'a OwnedFd,
 ) -> (Record, Vec<BorrowedFd<'a>>) {
-    let mut keep = vec![board.as_fd()];
+    let mut keep = vec![board.as_fd(), metrics.as_fd()];
     let workers = snapshot
         .workers
         .iter()
@@ -277,6 +292,7 @@ pub(crate) fn record<'a>(
                 addr: l.addr.to_string(),
                 fd: l.fd().as_raw_fd(),
                 activated: l.activated,
+                metrics: l.metrics,
             }
         })
         .collect();
@@ -288,6 +304,7 @@ pub(crate) fn record<'a>(
         workers,
         listeners,
         board: board.as_raw_fd(),
+        metrics: Some(metrics.as_raw_fd()),
     };
     (record, keep)
 }

@@ -111,6 +111,11 @@ impl Board {
         cell.open.store(0, Ordering::Relaxed);
     }
 
+    /// Connections the worker in cell `index` holds, for the metrics.
+    pub(crate) fn open_in(&self, index: usize) -> u32 {
+        self.cell(index).open.load(Ordering::Relaxed)
+    }
+
     /// A worker: its place on the board.
     pub(crate) fn seat(self, index: usize) -> Seat {
         Seat {
@@ -149,6 +154,11 @@ impl Seat {
         let mine = self.mine();
         mine.open.fetch_add(1, Ordering::Relaxed);
         mine.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The whole board, to read the other workers' cells.
+    pub(crate) fn board(&self) -> Board {
+        self.board
     }
 
     /// Connections this worker holds.

@@ -7,6 +7,7 @@ use nix::unistd::Pid;
 
 use super::board::Seat;
 use super::listeners::Listener;
+use super::metrics::Meter;
 use crate::config::Config;
 
 pub(crate) struct Handoff {
@@ -14,6 +15,8 @@ pub(crate) struct Handoff {
     pub(crate) slot: usize,
     /// Its cell on the accept-balancing board.
     pub(crate) seat: Seat,
+    /// Its counters and gauges in the metrics table.
+    pub(crate) meter: Meter,
     /// The master's pid, to detect that it died between the fork and `PR_SET_PDEATHSIG`.
     pub(crate) master: Pid,
     /// The worker's end of the control channel.

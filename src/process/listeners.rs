@@ -21,6 +21,8 @@ pub(crate) struct Listener {
     /// Passed by systemd (socket activation): kept whatever the config says, and its socket
     /// file is systemd's to remove.
     pub(crate) activated: bool,
+    /// Serves the metrics (`--metrics-bind`), never the application.
+    pub(crate) metrics: bool,
 }
 
 #[derive(Debug)]
@@ -41,6 +43,8 @@ impl Listener {
         };
         if self.activated {
             format!("{place} (from systemd)")
+        } else if self.metrics {
+            format!("{place} (metrics)")
         } else {
             place
         }
@@ -72,6 +76,7 @@ impl Listener {
             addr: self.addr.clone(),
             socket,
             activated: self.activated,
+            metrics: self.metrics,
         })
     }
 }
@@ -120,20 +125,22 @@ pub(crate) fn inherited(
             addr: addr.unwrap_or(BindAddr::Tcp(bound)),
             socket: Socket::Tcp(socket.into()),
             activated,
+            metrics: false,
         },
         (None, path) => Listener {
             addr: addr
                 .unwrap_or_else(|| BindAddr::Unix(path.map(PathBuf::from).unwrap_or_default())),
             socket: Socket::Unix(socket.into()),
             activated,
+            metrics: false,
         },
     })
 }
 
-/// Binds every configured address, reusing the socket of any address in `current` (so a
-/// reload keeps unchanged addresses, and their accept queues, open). On any failure the
-/// sockets bound here are closed (and their new socket files removed), and the error names
-/// the address and where it was configured.
+/// Binds every configured address, the metrics' last, reusing the socket of any address in
+/// `current` (so a reload keeps unchanged addresses, and their accept queues, open). On any
+/// failure the sockets bound here are closed (and their new socket files removed), and the
+/// error names the address and where it was configured.
 pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<Listener>, Error> {
     let mut bound = Vec::new();
     for listener in current.iter().filter(|l| l.activated) {
@@ -148,24 +155,34 @@ pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<List
     } else {
         &config.bind
     };
+    let metrics = config.metrics_bind.iter().map(|addr| (addr, true));
     let mut created = Vec::new();
-    for addr in wanted {
-        if bound.iter().any(|l| l.addr == *addr) {
+    for (addr, serves_metrics) in wanted.iter().map(|addr| (addr, false)).chain(metrics) {
+        // Port 0 may be configured for both the application and the metrics: each has its own.
+        let same = |l: &&Listener| l.addr == *addr && l.metrics == serves_metrics;
+        if bound.iter().any(|l| same(&l)) {
             continue;
         }
-        let result = match current.iter().find(|l| l.addr == *addr) {
+        let result = match current.iter().find(same) {
             Some(existing) => existing.try_clone(),
             None => {
                 bind(addr, config).inspect(|l| created.extend(l.socket_path().map(PathBuf::from)))
             }
         };
         match result {
-            Ok(listener) => bound.push(listener),
+            Ok(mut listener) => {
+                listener.metrics = serves_metrics;
+                bound.push(listener);
+            }
             Err(e) => {
                 remove_socket_files(&created);
+                let source = if serves_metrics {
+                    &config.metrics_bind_source
+                } else {
+                    &config.bind_source
+                };
                 return Err(Error::bind(format!(
-                    "cannot listen on {addr} ({}): {e}",
-                    config.bind_source
+                    "cannot listen on {addr} ({source}): {e}"
                 )));
             }
         }
@@ -210,6 +227,7 @@ fn bind(addr: &BindAddr, config: &Config) -> io::Result<Listener> {
                 addr: BindAddr::Tcp(*addr),
                 socket: Socket::Tcp(socket.into()),
                 activated: false,
+                metrics: false,
             })
         }
         BindAddr::Unix(path) => {
@@ -237,6 +255,7 @@ fn bind(addr: &BindAddr, config: &Config) -> io::Result<Listener> {
                 addr: BindAddr::Unix(path.clone()),
                 socket: Socket::Unix(socket.into()),
                 activated: false,
+                metrics: false,
             })
         }
     }

@@ -20,6 +20,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
+    if let Some(meter) = &shared.meter {
+        meter.accepted();
+    }
     let io = TokioIo::new(Tracked::new(
         io,
         shared.tracker.token(),

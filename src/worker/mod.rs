@@ -5,6 +5,7 @@ mod activity;
 mod channel;
 mod connection;
 mod heap;
+mod metrics;
 mod room;
 mod service;
 mod stop;
@@ -29,6 +30,7 @@ use crate::exit;
 use crate::process::board::Seat;
 use crate::process::control::{Leave, ToMaster};
 use crate::process::handoff::Handoff;
+use crate::process::metrics::Meter;
 use crate::process::privileges;
 use accept::Listener;
 use channel::Channel;
@@ -78,6 +80,8 @@ pub(crate) struct Shared {
     io_timeout: Duration,
     /// The worker's slot, for its log lines.
     slot: usize,
+    /// Where requests are counted, with `--metrics-bind`.
+    meter: Option<Meter>,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -171,6 +175,7 @@ where
     let Handoff {
         slot,
         seat,
+        meter,
         control,
         listeners,
         config,
@@ -225,11 +230,18 @@ where
         room: room::Room::new(config.worker_connections),
         io_timeout: config.io_timeout,
         slot,
+        meter: (!config.metrics_bind.is_empty()).then_some(meter),
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));
     let mut accepting = Vec::new();
     for bound in listeners {
+        if bound.metrics {
+            let scrapes =
+                metrics::serve(bound, meter.metrics(), seat.board(), shared.drain.clone());
+            tokio::spawn(scrapes);
+            continue;
+        }
         match Listener::adopt(bound) {
             Ok(listener) => {
                 let task = accept::run(listener, service.clone(), shared);
@@ -286,7 +298,15 @@ fn quit(me: Me, shared: &Shared) -> u8 {
         "{me}: quick stop, closing {} connection(s) now",
         open(shared)
     );
+    cut(shared);
     exit::OK
+}
+
+/// Counts the connections a stop ends before they are done.
+fn cut(shared: &Shared) {
+    if let Some(meter) = &shared.meter {
+        meter.cut(open(shared));
+    }
 }
 
 /// Drains: fires the drain handle, stops accepting once the queue is empty, and waits until
@@ -305,6 +325,9 @@ async fn drain_until(
         .linger_until
         .set((started + config.linger).min(deadline));
     shared.seat.accepting(false);
+    if let Some(meter) = &shared.meter {
+        meter.draining();
+    }
     shared.drain.start();
     shared.tracker.close();
     info!(
@@ -321,6 +344,7 @@ async fn drain_until(
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 warn!("{me}: deadline reached, cutting {} connection(s)", open(shared));
+                cut(shared);
                 return exit::OK;
             }
             stop = stops.next() => match stop {

@@ -23,6 +23,7 @@ use crate::application::AppService;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::log::access::Entry;
+use crate::process::metrics::{InFlight, Meter};
 
 /// The service of one connection.
 pub(crate) struct HyperService<S> {
@@ -57,6 +58,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
     type Future = ResponseFuture<S>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let metered = self.shared.meter.as_ref().map(Meter::request);
         let http1 = req.version() <= Version::HTTP_11;
         let answering = if http1 {
             self.activity.http1();
@@ -74,6 +76,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
                 closing,
                 entry,
                 answering,
+                metered,
             };
         }
         if self.shared.health_path.as_deref() == Some(req.uri().path()) {
@@ -82,6 +85,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
                 closing,
                 entry,
                 answering,
+                metered,
             };
         }
         self.shared.count_request();
@@ -96,6 +100,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
             closing,
             entry,
             answering,
+            metered,
         }
     }
 }
@@ -230,6 +235,7 @@ pin_project! {
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
             answering: Option<Answering>,
+            metered: Option<InFlight>,
         },
         /// A response prefork gives itself: the health path's, or a refusal.
         Own {
@@ -237,6 +243,7 @@ pin_project! {
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
             answering: Option<Answering>,
+            metered: Option<InFlight>,
         },
     }
 }
@@ -245,29 +252,46 @@ impl<S: AppService> Future for ResponseFuture<S> {
     type Output = Result<Response<Either<S::Body, Full<Bytes>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, closing, entry, answering) = match self.project() {
+        let (mut response, closing, entry, answering, metered) = match self.project() {
             Projection::App {
                 inner,
                 closing,
                 entry,
                 answering,
+                metered,
             } => {
                 let response = std::task::ready!(inner.poll(cx))?;
-                (response.map(Either::Left), closing, entry, answering)
+                (
+                    response.map(Either::Left),
+                    closing,
+                    entry,
+                    answering,
+                    metered,
+                )
             }
             Projection::Own {
                 response,
                 closing,
                 entry,
                 answering,
+                metered,
             } => {
                 // Polled again only after it returned Ready, which hyper never does.
                 let response = response
                     .take()
                     .expect("own response polled after completion");
-                (response.map(Either::Right), closing, entry, answering)
+                (
+                    response.map(Either::Right),
+                    closing,
+                    entry,
+                    answering,
+                    metered,
+                )
             }
         };
+        if let Some(metered) = metered.take() {
+            metered.answered(response.status().as_u16());
+        }
         // The request is answered once its response is produced; its body may still stream.
         drop(answering.take());
         if closing.as_ref().is_some_and(|s| s.drain.is_draining()) {
