@@ -151,6 +151,13 @@ pub fn plaintext(b: &Bench) -> Table {
         let pairs = alternate(b, &base, &pre, "/", mode, conns);
         rows(&mut table, mode.label(), &pairs, false);
     }
+    // What counting costs: the same app with --metrics-bind, every request counted.
+    drop(pre);
+    let metered = server::demo(b.workers, &["--metrics-bind", "127.0.0.1:0"]);
+    metered.wait_log("worker(s) ready", PATIENCE);
+    expect_ok(&metered, "/", Some("Hello, World!"));
+    let pairs = alternate(b, &base, &metered, "/", Mode::KeepAlive, b.conns);
+    rows(&mut table, "keep-alive, --metrics-bind", &pairs, false);
     table.note(
         "figures are medians over the rounds and the ratio is the median of the per-round \
          ratios (so it need not equal the quotient of the two medians); latency ratios: lower \
