@@ -151,6 +151,12 @@ impl Seat {
         mine.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Connections this worker ever took (wrapping): a change between two looks means it
+    /// accepted in between.
+    pub(crate) fn accepted(&self) -> u32 {
+        self.mine().accepted.load(Ordering::Relaxed)
+    }
+
     /// Connections this worker holds.
     pub(crate) fn open(&self) -> u32 {
         self.mine().open.load(Ordering::Relaxed)

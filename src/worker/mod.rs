@@ -5,6 +5,7 @@ mod activity;
 mod channel;
 mod connection;
 mod heap;
+mod reclaim;
 mod room;
 mod service;
 mod stop;
@@ -120,7 +121,7 @@ where
         error!("{me}: {e}");
         return exit::FAILURE;
     }
-    heap::keep_freed_memory();
+    let heap_managed = heap::keep_freed_memory();
     let runtime = match build_runtime(handoff.config.threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -128,7 +129,7 @@ where
             return exit::FAILURE;
         }
     };
-    let code = runtime.block_on(serve(handoff, factory));
+    let code = runtime.block_on(serve(handoff, factory, heap_managed));
     // Tasks left at a cut (blocking file reads, say) must not hold up the exit.
     runtime.shutdown_background();
     code
@@ -163,7 +164,8 @@ fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-async fn serve<F, S>(handoff: Handoff, factory: &F) -> u8
+/// `heap_managed`: prefork tunes the worker's malloc (see [`heap`]), and so also trims it.
+async fn serve<F, S>(handoff: Handoff, factory: &F, heap_managed: bool) -> u8
 where
     F: Fn(&WorkerContext) -> S,
     S: AppService,
@@ -242,6 +244,9 @@ where
         }
     }
     tokio::spawn(channel::heartbeat(Arc::clone(&channel), config.timeout));
+    if heap_managed {
+        tokio::spawn(reclaim::after_load_falls(shared));
+    }
     shared.seat.accepting(true);
     channel.send(ToMaster::Ready);
 
