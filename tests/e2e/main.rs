@@ -11,6 +11,7 @@ mod layers;
 mod limits;
 mod load;
 mod logs;
+mod memory;
 mod serve;
 mod static_root;
 mod storms;
