@@ -94,8 +94,8 @@ impl Load {
     /// the most it held, and [`CHURN`] fewer (a flood ended, even while others go on), or it
     /// took no connection
     /// since the last look (a burst too short for a look to see its peak has passed). A steady
-    /// load of keep-alive connections closes none; one of short connections is never quiet
-    /// and never halves.
+    /// load of keep-alive connections closes none (it sees one trim at most, for connections
+    /// that closed before it); one of short connections is never quiet and never halves.
     fn fell(&mut self, open: usize, accepted: u32) -> bool {
         let quiet = accepted == self.accepted_at_look;
         self.accepted_at_look = accepted;
