@@ -161,6 +161,12 @@ impl Seat {
         self.board
     }
 
+    /// Connections this worker ever took (wrapping): a change between two looks means it
+    /// accepted in between.
+    pub(crate) fn accepted(&self) -> u32 {
+        self.mine().accepted.load(Ordering::Relaxed)
+    }
+
     /// Connections this worker holds.
     pub(crate) fn open(&self) -> u32 {
         self.mine().open.load(Ordering::Relaxed)

@@ -6,6 +6,7 @@ mod channel;
 mod connection;
 mod heap;
 mod metrics;
+mod reclaim;
 mod room;
 mod service;
 mod stop;
@@ -124,7 +125,7 @@ where
         error!("{me}: {e}");
         return exit::FAILURE;
     }
-    heap::keep_freed_memory();
+    let heap_managed = heap::keep_freed_memory();
     let runtime = match build_runtime(handoff.config.threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -132,7 +133,7 @@ where
             return exit::FAILURE;
         }
     };
-    let code = runtime.block_on(serve(handoff, factory));
+    let code = runtime.block_on(serve(handoff, factory, heap_managed));
     // Tasks left at a cut (blocking file reads, say) must not hold up the exit.
     runtime.shutdown_background();
     code
@@ -167,7 +168,8 @@ fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-async fn serve<F, S>(handoff: Handoff, factory: &F) -> u8
+/// `heap_managed`: prefork tunes the worker's malloc (see [`heap`]), and so also trims it.
+async fn serve<F, S>(handoff: Handoff, factory: &F, heap_managed: bool) -> u8
 where
     F: Fn(&WorkerContext) -> S,
     S: AppService,
@@ -254,6 +256,9 @@ where
         }
     }
     tokio::spawn(channel::heartbeat(Arc::clone(&channel), config.timeout));
+    if heap_managed {
+        tokio::spawn(reclaim::after_load_falls(shared));
+    }
     shared.seat.accepting(true);
     channel.send(ToMaster::Ready);
 

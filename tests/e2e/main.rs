@@ -11,6 +11,7 @@ mod layers;
 mod limits;
 mod load;
 mod logs;
+mod memory;
 mod metrics;
 mod run;
 mod serve;
