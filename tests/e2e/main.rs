@@ -11,6 +11,7 @@ mod layers;
 mod limits;
 mod load;
 mod logs;
+mod rolling;
 mod run;
 mod serve;
 mod static_root;
