@@ -3,6 +3,7 @@
 
 mod connections;
 mod deploy;
+mod deploy_files;
 mod docs;
 mod drain;
 mod h2;
