@@ -3,6 +3,7 @@
 
 mod connections;
 mod deploy;
+mod deploy_files;
 mod docs;
 mod drain;
 mod h2;
@@ -13,6 +14,7 @@ mod load;
 mod logs;
 mod memory;
 mod metrics;
+mod rolling;
 mod run;
 mod serve;
 mod static_root;

@@ -195,6 +195,24 @@ impl Builder {
         if let Some(n) = self.workers {
             self.cmd.args(["--workers", &n.to_string()]);
         }
+        let mut server = self.spawn_program();
+        let (at, line) = server.wait_log_after("listening on http://", 0, PATIENCE);
+        let addr: String = line
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+            .collect();
+        server.addr = addr.parse().expect("a socket address in the log");
+        server.listening_at = at;
+        server
+    }
+
+    /// Starts the command as it stands (no `--bind` or `--workers` added) and follows its log,
+    /// without waiting for anything: for a program other than prefork under the same guard
+    /// (HAProxy in front of prefork servers). Its `addr` is left unspecified.
+    pub fn spawn_program(mut self) -> Server {
         let mut server = Server::launch(&mut self.cmd);
         let stderr = server.child.stderr.take().unwrap();
         let log = Arc::clone(&server.log);
@@ -213,16 +231,6 @@ impl Builder {
                 std::thread::spawn(move || follow(&path, &log, &stop));
             }
         }
-        let (at, line) = server.wait_log_after("listening on http://", 0, PATIENCE);
-        let addr: String = line
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .chars()
-            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
-            .collect();
-        server.addr = addr.parse().expect("a socket address in the log");
-        server.listening_at = at;
         server
     }
 }
