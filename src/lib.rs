@@ -30,11 +30,12 @@ pub mod exit;
 mod log;
 mod master;
 mod process;
+mod stall;
 mod worker;
 
 use std::process::ExitCode;
 
-pub use application::{AppService, BoxError, WorkerContext};
+pub use application::{AppService, BoxError, RequestBody, WorkerContext};
 pub use cli::command;
 pub use config::{BindAddr, Config, LogFormat, LogTarget, Source};
 pub use drain::Drain;

@@ -4,9 +4,12 @@ mod accept;
 mod activity;
 mod channel;
 mod connection;
+mod flow;
 mod heap;
+mod response;
 mod room;
 mod service;
+mod shed;
 mod stop;
 mod tracked;
 
@@ -74,7 +77,10 @@ pub(crate) struct Shared {
     channel: Arc<Channel>,
     /// The connection limit, and the wake-up when a connection closes.
     room: room::Room,
-    /// How long a write may wait for a client that reads nothing.
+    /// The connections hyper serves, to shed idle ones when there is no room.
+    connections: shed::Connections,
+    /// How long a client may leave a write, a request body or an HTTP/2 stream waiting
+    /// without progress (`--io-timeout`); zero for no limit.
     io_timeout: Duration,
     /// The worker's slot, for its log lines.
     slot: usize,
@@ -223,6 +229,7 @@ where
         stopping: AtomicBool::new(false),
         channel: Arc::clone(&channel),
         room: room::Room::new(config.worker_connections),
+        connections: shed::Connections::default(),
         io_timeout: config.io_timeout,
         slot,
         served: AtomicU64::new(0),
