@@ -133,9 +133,10 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
 }
 
 /// Waits until the worker, full, has room for a connection again. Meanwhile connections that
-/// arrive are left to siblings with room; one still queued after [`SIBLINGS_BUSY`] is one
-/// that no sibling takes, and the worker makes room for it by shedding idle keep-alive
-/// connections, rather than leave the client waiting for one to close on its own.
+/// arrive are left to siblings while any has room. When none has (all full, or no sibling at
+/// all) and a connection is still queued after [`SIBLINGS_BUSY`], the worker makes room for it
+/// by shedding idle keep-alive connections, rather than leave the client waiting for one to
+/// close on its own.
 async fn make_room(listener: &Listener, shared: &'static Shared) {
     loop {
         let ready = tokio::select! {
@@ -152,10 +153,10 @@ async fn make_room(listener: &Listener, shared: &'static Shared) {
             () = shared.room.wait(shared.seat) => return,
             () = tokio::time::sleep(SIBLINGS_BUSY) => {}
         }
-        if listener.queued() {
+        if !shared.seat.siblings_accepting() && listener.queued() {
             shed(shared, "at its connection limit with clients waiting");
         } else {
-            // A sibling took it; wait for the next one.
+            // A sibling took it or will: wait for the next one.
             ready.clear_ready();
         }
     }

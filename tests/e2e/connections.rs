@@ -21,18 +21,24 @@ fn a_full_worker_leaves_new_connections_to_its_sibling_and_serves_its_own() {
         .args(&["--worker-connections", "1"])
         .start();
     let (mut first, a) = held(&server);
-    let (second, b) = held(&server);
+    let (mut second, b) = held(&server);
     assert_ne!(a, b, "a worker at its limit took another connection");
 
-    // Both full: a third connection waits in the queue, unanswered.
+    // Both full, and with a request in flight on each, so that neither has an idle
+    // connection to shed: a third connection waits in the queue, unanswered.
+    first
+        .send(b"GET /sleep?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    second
+        .send(b"GET /sleep?ms=30000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    server.wait_log_count("/sleep: waiting", 2, PATIENCE);
     let mut third = Conn::connect(server.addr).unwrap();
     third.read_timeout(Duration::from_millis(300));
     assert!(
         matches!(third.get("/pid"), Err(Failure::Timeout)),
         "a worker past its limit answered"
     );
-    // Each still serves the connection it holds.
-    assert_eq!(first.get("/pid").unwrap().text(), a);
 
     // Once one closes, its worker takes the waiting connection.
     drop(second);
@@ -42,6 +48,10 @@ fn a_full_worker_leaves_new_connections_to_its_sibling_and_serves_its_own() {
         .expect("served once there was room");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), b);
+    // The other still serves the connection it holds.
+    let slept = first.read_response(false).unwrap();
+    assert_eq!(slept.text(), "slept 3000 ms\n");
+    assert_eq!(first.get("/pid").unwrap().text(), a);
 }
 
 #[test]
