@@ -1,9 +1,12 @@
 //! The connection limit (`--worker-connections`): a full worker leaves new connections in the
-//! queue for its siblings, still serves its own, and takes connections again once one closes.
+//! queue for its siblings, still serves its own, and takes connections again once one closes;
+//! with no sibling to take them, or out of descriptors, it closes idle keep-alive connections
+//! to serve new clients.
 
 use std::time::Duration;
 
 use super::http::{Conn, Failure};
+use super::support::procfs::sockets;
 use super::support::{Bin, PATIENCE, Server};
 
 /// Opens a keep-alive connection and has it answered, so the worker surely holds it; returns
@@ -115,4 +118,37 @@ fn a_full_worker_with_no_sibling_sheds_idle_keep_alive_connections_for_a_new_cli
         .expect("the busy connection's answer");
     assert_eq!(slept.status, 200);
     assert_eq!(slept.text(), "slept 6000 ms\n");
+}
+
+#[test]
+fn a_worker_out_of_descriptors_sheds_idle_keep_alive_connections_and_serves_new_clients() {
+    // 64 descriptors in all, soft and hard: the worker runs out after a few dozen
+    // connections, far below its connection limit.
+    const NOFILE: usize = 64;
+    let server = Server::wrapped(&["prlimit", "--nofile=64:64", "--"], Bin::Demo, 1)
+        .args(&["--keepalive", "120s"])
+        .start();
+    let worker = server.wait_workers(1, &[])[0];
+    // Each new client is answered even once there is no descriptor left for it, because
+    // older idle ones are closed to make room; without that, one would wait unanswered.
+    let mut conns = Vec::new();
+    for _ in 0..NOFILE + 16 {
+        let mut conn = Conn::connect(server.addr).unwrap();
+        conn.read_timeout(Duration::from_secs(5));
+        let answer = conn.get("/pid").unwrap_or_else(|f| {
+            panic!(
+                "client {} not served: {f:?}; worker holds {} sockets",
+                conns.len(),
+                sockets(worker)
+            )
+        });
+        assert_eq!(answer.status, 200);
+        conns.push(conn);
+    }
+    let mut shed = 0;
+    for conn in &mut conns {
+        shed += usize::from(conn.closed_within(Duration::from_millis(50)));
+    }
+    assert!(shed >= 16, "only {shed} idle connections were closed");
+    server.wait_log("accept failed", PATIENCE);
 }
