@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Its routes cover every kind of request a stop must handle: quick, slow, streaming,
-//! upgraded, badly behaved, blocking and crashing; and one that leaves an orphan process, as
+//! upgraded, uploading, badly behaved, blocking and crashing; and one that leaves an orphan process, as
 //! applications that run subprocesses do.
 
 use std::convert::Infallible;
@@ -15,9 +15,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Extension, Query};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, Sse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
 use prefork::Drain;
 use serde::Deserialize;
@@ -52,6 +53,7 @@ fn app() -> Router {
         .route("/block", get(block))
         .route("/crash", get(crash))
         .route("/orphan", get(orphan))
+        .route("/echo", post(echo))
 }
 
 #[derive(Deserialize)]
@@ -80,6 +82,14 @@ async fn exe() -> String {
 async fn block(Query(Millis { ms }): Query<Millis>) -> String {
     std::thread::sleep(Duration::from_millis(ms));
     format!("blocked {ms} ms\n")
+}
+
+/// Answers the request body, read whole first (an upload). A body that stops arriving fails
+/// the read at prefork's io timeout: the answer is then 400 with the error.
+async fn echo(body: axum::body::Body) -> Result<axum::body::Bytes, (StatusCode, String)> {
+    axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))
 }
 
 /// Ends the worker process the hardest way short of a signal.

@@ -1,8 +1,12 @@
 //! What an application and prefork hand each other: the service the application builds in
 //! every worker, and the context its factory gets to build it with.
 
+mod body;
+
 use http::{Request, Response};
-use hyper::body::Incoming;
+
+pub(crate) use body::Connection;
+pub use body::RequestBody;
 
 use crate::config::Config;
 use crate::drain::Drain;
@@ -10,12 +14,12 @@ use crate::drain::Drain;
 /// The error type a service or body may return: anything hyper can report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A service prefork can serve: a cloneable tower service from `Request<Incoming>` to a
+/// A service prefork can serve: a cloneable tower service from `Request<RequestBody>` to a
 /// response whose body yields `Bytes`. `axum::Router`, `tower_http::services::ServeDir` and
 /// `hyper_util::service::TowerToHyperService`-style stacks all are.
 pub trait AppService:
     tower::Service<
-        Request<Incoming>,
+        Request<RequestBody>,
         Response = Response<Self::Body>,
         Error: Into<BoxError>,
         Future: Send + 'static,
@@ -29,7 +33,7 @@ pub trait AppService:
 
 impl<S, B> AppService for S
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: tower::Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static,

@@ -31,11 +31,12 @@ mod log;
 mod master;
 mod process;
 mod program;
+mod stall;
 mod worker;
 
 use std::process::ExitCode;
 
-pub use application::{AppService, BoxError, WorkerContext};
+pub use application::{AppService, BoxError, RequestBody, WorkerContext};
 pub use cli::command;
 pub use config::{BindAddr, Config, LogFormat, LogTarget, Source};
 pub use drain::Drain;

@@ -388,12 +388,16 @@ pub(crate) static OPTIONS: &[Opt] = &[
         short: None,
         value_name: "DUR",
         kind: Kind::Duration,
-        help: "Close a connection whose client has read nothing of its response for this long \
-               (a client that asks and never reads holds a descriptor); 0 turns it off.",
+        help: "Close a connection whose client makes no progress for this long in the middle of \
+               a request or a response: reads nothing of its response, keeps an HTTP/2 stream's \
+               flow-control window shut, or stops sending a request body the application waits \
+               for; 0 turns it off.",
         more: "The connection is closed between one and two timeouts after the client's last \
-               read. It covers HTTP/1 responses and upgraded connections. An HTTP/2 stream stalled \
-               by a zero window, and a request body that stops arriving, are not bounded by it \
-               yet.",
+               progress. It covers HTTP/1 responses, upgraded connections, HTTP/2 streams (also \
+               after GOAWAY) and request bodies; for a body, the application's read fails with a \
+               timeout error and the connection is closed once it has answered. Time the \
+               application spends producing a response or not reading the body does not count; \
+               idle keep-alive connections are bounded by --keepalive instead.",
         default: Initial::Value("60s"),
         set: Set::One(|config, text, _| {
             config.io_timeout = value::duration(text)?;

@@ -207,6 +207,15 @@ impl Seat {
             })
     }
 
+    /// Whether another worker is taking connections (not full, not draining).
+    pub(crate) fn siblings_accepting(&self) -> bool {
+        let high = self.board.table().high_water.load(Ordering::Relaxed);
+        self.board.table().cells[..high.min(CELLS)]
+            .iter()
+            .enumerate()
+            .any(|(index, cell)| index != self.index && cell.accepting.load(Ordering::Relaxed) == 1)
+    }
+
     fn mine(&self) -> &Cell {
         self.board.cell(self.index)
     }
@@ -237,6 +246,20 @@ mod tests {
         board.clear(0);
         a.closed();
         assert!(!a.overloaded());
+    }
+
+    #[test]
+    fn a_worker_sees_whether_a_sibling_accepts_but_not_itself() {
+        let (_, a, b) = Board::for_two();
+        a.accepting(true);
+        assert!(!a.siblings_accepting(), "its own cell counted");
+        b.accepting(true);
+        assert!(a.siblings_accepting());
+        b.accepting(false);
+        assert!(
+            !a.siblings_accepting(),
+            "a full or draining sibling counted"
+        );
     }
 
     #[test]

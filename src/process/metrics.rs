@@ -287,9 +287,9 @@ impl Meter {
     }
 
     /// A request arrived: in flight until the guard is answered or dropped.
-    pub(crate) fn request(&self) -> InFlight {
+    pub(crate) fn request(&self) -> Measured {
         self.cell().in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
+        Measured {
             meter: *self,
             began: Instant::now(),
             answered: false,
@@ -332,15 +332,15 @@ fn bucket(took: Duration) -> usize {
         .unwrap_or(BUCKETS.len())
 }
 
-/// A request in flight, counted as answered with [`InFlight::answered`] or as given up when
+/// A request in flight, counted as answered with [`Measured::answered`] or as given up when
 /// dropped without.
-pub(crate) struct InFlight {
+pub(crate) struct Measured {
     meter: Meter,
     began: Instant,
     answered: bool,
 }
 
-impl InFlight {
+impl Measured {
     pub(crate) fn answered(mut self, status: u16) {
         self.answered = true;
         self.meter
@@ -348,7 +348,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Measured {
     fn drop(&mut self) {
         if !self.answered {
             self.meter.request_ended(None);

@@ -2,11 +2,13 @@
 //! begins.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::libc::{SOCK_CLOEXEC, SOCK_NONBLOCK};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use socket2::Socket;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -63,7 +65,7 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
             tokio::select! {
                 biased;
                 () = &mut draining => break,
-                () = shared.room.wait(shared.seat) => {}
+                () = make_room(&listener, shared) => {}
             }
             shared.seat.accepting(true);
         }
@@ -110,6 +112,9 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
                 failures.record(&e, shared.slot);
+                if is_out_of_descriptors(&e) {
+                    shed(shared, "out of descriptors");
+                }
                 tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
@@ -125,6 +130,46 @@ pub(crate) async fn run<S: AppService>(listener: Listener, service: S, shared: &
             }
         }
     }
+}
+
+/// Waits until the worker, full, has room for a connection again. Meanwhile connections that
+/// arrive are left to siblings while any has room. When none has (all full, or no sibling at
+/// all) and a connection is still queued after [`SIBLINGS_BUSY`], the worker makes room for it
+/// by shedding idle keep-alive connections, rather than leave the client waiting for one to
+/// close on its own.
+async fn make_room(listener: &Listener, shared: &'static Shared) {
+    loop {
+        let ready = tokio::select! {
+            biased;
+            () = shared.room.wait(shared.seat) => return,
+            ready = listener.fd.readable() => ready,
+        };
+        let Ok(mut ready) = ready else {
+            // Only a runtime that is shutting down refuses; the worker is exiting.
+            return shared.room.wait(shared.seat).await;
+        };
+        tokio::select! {
+            biased;
+            () = shared.room.wait(shared.seat) => return,
+            () = tokio::time::sleep(SIBLINGS_BUSY) => {}
+        }
+        if !shared.seat.siblings_accepting() && listener.queued() {
+            shed(shared, "at its connection limit with clients waiting");
+        } else {
+            // A sibling took it or will: wait for the next one.
+            ready.clear_ready();
+        }
+    }
+}
+
+/// Asks the longest-idle keep-alive connections to close (see [`super::shed`]).
+fn shed(shared: &Shared, why: &str) {
+    let shed = shared.connections.shed();
+    debug!(
+        "worker {} (pid {}): {why}, closing {shed} idle keep-alive connection(s)",
+        shared.slot,
+        std::process::id()
+    );
 }
 
 /// Failed accepts that are not one client's doing (out of descriptors, out of memory): logged
@@ -265,6 +310,13 @@ impl Listener {
         Ok(Listener { fd, unix })
     }
 
+    /// Whether a connection waits in the queue, without taking it.
+    fn queued(&self) -> bool {
+        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), PollFlags::POLLIN)];
+        // An error (EINTR, ENOMEM) reads as nothing queued: the caller only waits again.
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+    }
+
     /// Accepts one queued connection without waiting (`WouldBlock` when the queue is empty).
     /// This asks the kernel directly, so at the drain it also finds a connection that arrived
     /// too late for the runtime to have reported it.
@@ -278,6 +330,14 @@ impl Listener {
         let peer = peer.as_socket().ok_or(io::ErrorKind::InvalidData)?;
         Ok(Stream::Tcp(TcpStream::from_std(socket.into())?, peer))
     }
+}
+
+/// The process's or the system's descriptors are used up.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
 }
 
 /// Errors that concern one connection that went away while being accepted; the listener is

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -43,21 +44,26 @@ async fn serve<IO, S>(
     S: AppService,
 {
     let activity = Arc::new(Activity::default());
+    let _listed = shared.connections.enter(&activity);
     let service = HyperService::new(service, shared, Arc::clone(&activity), peer);
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    tokio::select! {
+    // Watched for the connection's whole life, its drain included: GOAWAY does not open a
+    // client's window.
+    let stalled = flow_stalled(&activity, shared.io_timeout);
+    tokio::pin!(stalled);
+    let draining = tokio::select! {
         // The connection first: it is what wakes this task nearly every time.
         biased;
         result = conn.as_mut() => return finished(result),
-        () = shared.drain.draining() => {}
-        () = activity.idle(shared.idle_timeout) => {
-            // GOAWAY for HTTP/2; a connection that never sent a request is closed.
-            conn.as_mut().graceful_shutdown();
-            return finished(conn.await);
-        }
-    }
-    if !activity.is_http2() {
+        () = &mut stalled => return,
+        () = shared.drain.draining() => true,
+        // GOAWAY for HTTP/2; a connection that never sent a request is closed.
+        () = activity.idle(shared.idle_timeout) => false,
+        // A request body stalled, or the worker sheds the connection to make room.
+        () = activity.closing() => false,
+    };
+    if draining && !activity.is_http2() {
         // Closing an idle keep-alive connection now would race a client that is already
         // sending its next request on it: the request would meet a reset. For a short while,
         // answer such a request instead (with Connection: close, added by the service) and
@@ -65,11 +71,33 @@ async fn serve<IO, S>(
         // HTTP/2 needs no such window: its GOAWAY tells the client which streams were taken.
         tokio::select! {
             result = conn.as_mut() => return finished(result),
+            () = &mut stalled => return,
             () = tokio::time::sleep_until(shared.linger_until().into()) => {}
+            () = activity.closing() => {}
         }
     }
     conn.as_mut().graceful_shutdown();
-    finished(conn.await);
+    tokio::select! {
+        result = conn.as_mut() => finished(result),
+        () = &mut stalled => {}
+    }
+}
+
+/// Completes, once logged, when an HTTP/2 response has waited on the client's flow-control
+/// window for the io timeout (see [`super::flow`]); the connection is then dropped, which
+/// closes it. Never completes with the io timeout off.
+async fn flow_stalled(activity: &Activity, io_timeout: Duration) {
+    if io_timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    activity
+        .flow
+        .stalled(io_timeout, || activity.is_http1())
+        .await;
+    debug!(
+        "closing an HTTP/2 connection whose client kept a stream's flow-control window shut for \
+         {io_timeout:?}"
+    );
 }
 
 fn finished(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

@@ -4,11 +4,14 @@ mod accept;
 mod activity;
 mod channel;
 mod connection;
+mod flow;
 mod heap;
 mod metrics;
 mod reclaim;
+mod response;
 mod room;
 mod service;
+mod shed;
 mod stop;
 mod tracked;
 
@@ -77,7 +80,10 @@ pub(crate) struct Shared {
     channel: Arc<Channel>,
     /// The connection limit, and the wake-up when a connection closes.
     room: room::Room,
-    /// How long a write may wait for a client that reads nothing.
+    /// The connections hyper serves, to shed idle ones when there is no room.
+    connections: shed::Connections,
+    /// How long a client may leave a write, a request body or an HTTP/2 stream waiting
+    /// without progress (`--io-timeout`); zero for no limit.
     io_timeout: Duration,
     /// The worker's slot, for its log lines.
     slot: usize,
@@ -230,6 +236,7 @@ where
         stopping: AtomicBool::new(false),
         channel: Arc::clone(&channel),
         room: room::Room::new(config.worker_connections),
+        connections: shed::Connections::default(),
         io_timeout: config.io_timeout,
         slot,
         meter: (!config.metrics_bind.is_empty()).then_some(meter),

@@ -1,7 +1,8 @@
 //! The worker's connection limit (`--worker-connections`). A worker at its limit stops taking
 //! connections and leaves them in the shared queue for its siblings, and takes them again once
 //! one of its own closes: a client waits in the queue rather than being accepted by a worker
-//! that has no descriptor or memory left for it.
+//! that has no descriptor or memory left for it. When no sibling takes it either, the worker
+//! makes room by closing idle keep-alive connections (`accept::make_room`, [`super::shed`]).
 
 use tokio::sync::Notify;
 

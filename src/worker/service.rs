@@ -18,12 +18,13 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use super::Shared;
-use super::activity::{Activity, Answering};
-use crate::application::AppService;
+use super::activity::{Activity, InFlight};
+use super::response::ResponseBody;
+use crate::application::{AppService, Connection, RequestBody};
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::log::access::Entry;
-use crate::process::metrics::{InFlight, Meter};
+use crate::process::metrics::{Measured, Meter};
 
 /// The service of one connection.
 pub(crate) struct HyperService<S> {
@@ -53,19 +54,18 @@ impl<S> HyperService<S> {
 }
 
 impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<S> {
-    type Response = Response<Either<S::Body, Full<Bytes>>>;
+    type Response = Response<ResponseBody<Either<S::Body, Full<Bytes>>>>;
     type Error = S::Error;
     type Future = ResponseFuture<S>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let metered = self.shared.meter.as_ref().map(Meter::request);
         let http1 = req.version() <= Version::HTTP_11;
-        let answering = if http1 {
-            self.activity.http1();
-            None
+        let in_flight = Some(if http1 {
+            self.activity.http1()
         } else {
-            Some(self.activity.http2())
-        };
+            self.activity.http2()
+        });
         // Only HTTP/1 is asked to close: HTTP/2 forbids the header and drains with GOAWAY.
         let closing = http1.then_some(self.shared);
         // Boxed, so that without an access log the response future stays small.
@@ -75,7 +75,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
                 response: Some(refused(status, http1)),
                 closing,
                 entry,
-                answering,
+                in_flight,
                 metered,
             };
         }
@@ -84,11 +84,16 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
                 response: Some(health(self.shared.healthy())),
                 closing,
                 entry,
-                answering,
+                in_flight,
                 metered,
             };
         }
         self.shared.count_request();
+        let mut req = req.map(|body| {
+            RequestBody::new(body, self.shared.io_timeout, || {
+                Arc::clone(&self.activity) as Arc<dyn Connection>
+            })
+        });
         let extensions = req.extensions_mut();
         if extensions.is_empty() {
             *extensions = self.shared.extensions.clone();
@@ -99,7 +104,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
             inner: self.inner.clone().oneshot(req),
             closing,
             entry,
-            answering,
+            in_flight,
             metered,
         }
     }
@@ -231,69 +236,63 @@ pin_project! {
     {
         App {
             #[pin]
-            inner: Oneshot<S, Request<Incoming>>,
+            inner: Oneshot<S, Request<RequestBody>>,
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
-            answering: Option<Answering>,
-            metered: Option<InFlight>,
+            // Taken into the response body once the response is produced.
+            in_flight: Option<InFlight>,
+            metered: Option<Measured>,
         },
         /// A response prefork gives itself: the health path's, or a refusal.
         Own {
             response: Option<Response<Full<Bytes>>>,
             closing: Option<&'static Shared>,
             entry: Option<Box<Entry>>,
-            answering: Option<Answering>,
-            metered: Option<InFlight>,
+            in_flight: Option<InFlight>,
+            metered: Option<Measured>,
         },
     }
 }
 
 impl<S: AppService> Future for ResponseFuture<S> {
-    type Output = Result<Response<Either<S::Body, Full<Bytes>>>, S::Error>;
+    type Output = Result<Response<ResponseBody<Either<S::Body, Full<Bytes>>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, closing, entry, answering, metered) = match self.project() {
+        let (mut response, closing, entry, in_flight, metered) = match self.project() {
             Projection::App {
                 inner,
                 closing,
                 entry,
-                answering,
+                in_flight,
                 metered,
             } => {
                 let response = std::task::ready!(inner.poll(cx))?;
-                (
-                    response.map(Either::Left),
-                    closing,
-                    entry,
-                    answering,
-                    metered,
-                )
+                let response = response.map(Either::Left);
+                (response, closing, entry, in_flight, metered)
             }
             Projection::Own {
                 response,
                 closing,
                 entry,
-                answering,
+                in_flight,
                 metered,
             } => {
                 // Polled again only after it returned Ready, which hyper never does.
                 let response = response
                     .take()
                     .expect("own response polled after completion");
-                (
-                    response.map(Either::Right),
-                    closing,
-                    entry,
-                    answering,
-                    metered,
-                )
+                let response = response.map(Either::Right);
+                (response, closing, entry, in_flight, metered)
             }
         };
         if let Some(metered) = metered.take() {
             metered.answered(response.status().as_u16());
         }
-        // The request is answered once its response is produced; its body may still stream.
-        drop(answering.take());
+        // Polled again only after it returned Ready, which hyper never does.
+        let mut in_flight = in_flight
+            .take()
+            .expect("response future polled after completion");
+        in_flight.answered();
         if closing.as_ref().is_some_and(|s| s.drain.is_draining()) {
             // hyper reads this header and closes the connection once the response is written.
             response
@@ -303,7 +302,7 @@ impl<S: AppService> Future for ResponseFuture<S> {
         if let Some(entry) = entry.take() {
             entry.finish(&response);
         }
-        Poll::Ready(Ok(response))
+        Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, in_flight))))
     }
 }
 

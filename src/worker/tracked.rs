@@ -5,35 +5,26 @@
 //! must still wait for it while draining and know to cut it at the deadline. The same goes for
 //! the count on the accept-balancing board.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
 use super::room::Room;
 use crate::process::board::Seat;
+use crate::stall::Watchdog;
 
 pub(crate) struct Tracked<IO> {
     io: IO,
     _token: TaskTrackerToken,
     seat: Seat,
     room: &'static Room,
-    /// How long a write may wait for the client to read (`--io-timeout`); zero turns the
-    /// check off.
-    io_timeout: Duration,
-    /// Armed the first time a write waits for the client, and kept: each time it fires, the
-    /// connection is cut unless a write went through since it was armed, and re-armed if one
-    /// did. A timer made and dropped at every wait (a large response waits many times) cost a
-    /// few percent of 1 MiB responses per second.
-    stalled: Option<Pin<Box<Sleep>>>,
-    /// A write went through since `stalled` was armed.
-    progressed: bool,
+    /// How long a write may wait for the client to read (`--io-timeout`).
+    writes: Watchdog,
 }
 
 impl<IO> Tracked<IO> {
@@ -50,9 +41,7 @@ impl<IO> Tracked<IO> {
             _token: token,
             seat,
             room,
-            io_timeout,
-            stalled: None,
-            progressed: false,
+            writes: Watchdog::new(io_timeout),
         }
     }
 
@@ -67,31 +56,18 @@ impl<IO> Tracked<IO> {
         result: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if result.is_ready() {
-            self.progressed = true;
+            self.writes.progressed();
             return result;
         }
-        if self.io_timeout.is_zero() {
-            return result;
-        }
-        let timeout = self.io_timeout;
-        let progressed = &mut self.progressed;
-        let stalled = self.stalled.get_or_insert_with(|| {
-            *progressed = false;
-            Box::pin(tokio::time::sleep(timeout))
-        });
-        while stalled.as_mut().poll(cx).is_ready() {
-            if !std::mem::take(progressed) {
-                debug!("closing a connection whose client read nothing for {timeout:?}");
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client read nothing for the io timeout",
-                )));
-            }
-            stalled
-                .as_mut()
-                .reset(tokio::time::Instant::now() + timeout);
-        }
-        Poll::Pending
+        std::task::ready!(self.writes.poll_stalled(cx));
+        debug!(
+            "closing a connection whose client read nothing for {:?}",
+            self.writes.timeout()
+        );
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for the io timeout",
+        )))
     }
 }
 

@@ -25,6 +25,19 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "drain",
         &["master", "worker", "process", "log", "app", "cli", "config"],
     ),
+    (
+        "stall",
+        &[
+            "master",
+            "worker",
+            "process",
+            "log",
+            "app",
+            "cli",
+            "config",
+            "application",
+        ],
+    ),
 ];
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
