@@ -323,7 +323,9 @@ fn run_a_missing_program_is_one_line_and_exit_status_3() {
         stderr.trim(),
         "prefork: error: cannot run 'no-such-program-anywhere': no such executable in PATH"
     );
-    // An application that cannot be imported: uvicorn exits 3, and no worker ever booted.
+    // An application that cannot be imported: uvicorn exits 3, and no worker ever booted. The
+    // readiness timer is longer than uvicorn takes to fail on a loaded machine: a program that
+    // fails after it is taken as ready is a crash, replaced with backoff, not a failed boot.
     let uvicorn = pyenv("uvicorn");
     let (status, stderr) = run(
         Bin::Prefork,
@@ -337,7 +339,16 @@ fn run_a_missing_program_is_one_line_and_exit_status_3() {
         "--fd",
         "{fd}",
     ];
-    let mut args = vec!["run", "-w", "2", "-b", "127.0.0.1:0", "--"];
+    let mut args = vec![
+        "run",
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+        "--ready-after",
+        "60s",
+        "--",
+    ];
     args.extend(program);
     let (status, stderr) = run(Bin::Prefork, &args, &[]);
     assert_eq!(status.code(), Some(3), "{stderr}");
