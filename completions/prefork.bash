@@ -46,7 +46,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__check)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --worker-stop-signal --ready-after --prefix-output --health-path --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --worker-stop-signal --ready-after --prefix-output --health-path --forwarded-allow-ips --proxy-protocol --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -178,6 +178,17 @@ _prefork() {
                     ;;
                 --health-path)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --forwarded-allow-ips)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-protocol)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --metrics-bind)
@@ -559,7 +570,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__serve)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --health-path --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --health-path --forwarded-allow-ips --proxy-protocol --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -673,6 +684,17 @@ _prefork() {
                     ;;
                 --health-path)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --forwarded-allow-ips)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-protocol)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --metrics-bind)

@@ -9,12 +9,14 @@
 //! applications that run subprocesses do.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::ExtensionRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Extension, Query};
+use axum::extract::{ConnectInfo, Extension, Query};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, Sse};
@@ -46,6 +48,7 @@ fn app() -> Router {
         .route("/", get(|| async { "Hello, World!" }))
         .route("/sleep", get(sleep))
         .route("/pid", get(|| async { std::process::id().to_string() }))
+        .route("/client", get(client))
         .route("/exe", get(exe))
         .route("/sse", get(sse))
         .route("/ws", get(ws))
@@ -69,7 +72,24 @@ async fn sleep(Query(Millis { ms }): Query<Millis>) -> String {
     format!("slept {ms} ms\n")
 }
 
-/// Holds the runtime's thread: a hung worker, as far as the master can tell.
+/// Who the client is, as prefork tells it and as axum's `ConnectInfo` does (prefork's `axum`
+/// feature): `client=ADDR peer=ADDR forwarded=BOOL scheme=SCHEME connect-info=ADDR`, `-` for
+/// what is unknown.
+async fn client(
+    Extension(client): Extension<prefork::ClientAddr>,
+    connect_info: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
+) -> String {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    format!(
+        "client={} peer={} forwarded={} scheme={} connect-info={}\n",
+        or_dash(client.addr().map(|a| a.to_string())),
+        or_dash(client.peer().map(|a| a.to_string())),
+        client.is_forwarded(),
+        or_dash(client.scheme().map(|s| s.to_string())),
+        or_dash(connect_info.ok().map(|ConnectInfo(a)| a.to_string())),
+    )
+}
+
 /// Which file this worker's code came from, by inode: after an upgrade, the new binary's.
 async fn exe() -> String {
     use std::os::unix::fs::MetadataExt;
@@ -79,6 +99,7 @@ async fn exe() -> String {
     }
 }
 
+/// Holds the runtime's thread: a hung worker, as far as the master can tell.
 async fn block(Query(Millis { ms }): Query<Millis>) -> String {
     std::thread::sleep(Duration::from_millis(ms));
     format!("blocked {ms} ms\n")

@@ -2,11 +2,13 @@
 //! every worker, and the context its factory gets to build it with.
 
 mod body;
+mod client;
 
 use http::{Request, Response};
 
 pub(crate) use body::Connection;
 pub use body::RequestBody;
+pub use client::ClientAddr;
 
 use crate::config::Config;
 use crate::drain::Drain;

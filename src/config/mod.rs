@@ -4,6 +4,7 @@
 mod credentials;
 pub(crate) mod options;
 mod source;
+mod trusted;
 pub(crate) mod value;
 
 use std::ffi::OsString;
@@ -18,6 +19,7 @@ pub use source::Source;
 pub(crate) const MAX_REQUEST_FIELDS: usize = 32768;
 
 pub(crate) use credentials::Credentials;
+pub(crate) use trusted::TrustedProxies;
 
 /// Where a log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,8 @@ pub struct Config {
     pub(crate) shutdown_delay: Duration,
     pub(crate) health_path: Option<String>,
     pub(crate) metrics_bind: Vec<BindAddr>,
+    pub(crate) forwarded_allow_ips: TrustedProxies,
+    pub(crate) proxy_protocol: bool,
     pub(crate) metrics_bind_source: Source,
     pub(crate) worker_stop_signal: nix::sys::signal::Signal,
     pub(crate) ready_after: Duration,
@@ -129,6 +133,8 @@ impl Default for Config {
             shutdown_delay: Duration::ZERO,
             health_path: None,
             metrics_bind: Vec::new(),
+            forwarded_allow_ips: TrustedProxies::default(),
+            proxy_protocol: false,
             metrics_bind_source: Source::Default,
             worker_stop_signal: nix::sys::signal::Signal::SIGTERM,
             ready_after: Duration::ZERO,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::{Config, MAX_REQUEST_FIELDS, Source, credentials, value};
+use super::{Config, MAX_REQUEST_FIELDS, Source, TrustedProxies, credentials, value};
 
 /// One option. Its key names it in a config file (`graceful_timeout`); the command line spells
 /// it `--graceful-timeout` and the environment `PREFORK_GRACEFUL_TIMEOUT`.
@@ -497,6 +497,42 @@ pub(crate) static OPTIONS: &[Opt] = &[
         },
         set: Set::One(|config, text, _| {
             config.health_path = Some(value::path(text)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "forwarded_allow_ips",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "LIST",
+        kind: Kind::Text,
+        help: "Peers whose Forwarded, X-Forwarded-For and X-Forwarded-Proto headers are \
+               believed: addresses and ranges (10.0.0.0/8), unix for unix sockets, * for any, \
+               comma-separated.",
+        more: "From these peers the client's address is the nearest one in the headers that is \
+               not itself a trusted proxy; the application (ClientAddr, and axum's ConnectInfo \
+               with the axum feature) and the access log see it. From anyone else the headers \
+               reach the application untouched and are not believed.",
+        default: Initial::Value("127.0.0.1,::1"),
+        set: Set::One(|config, text, _| {
+            config.forwarded_allow_ips = TrustedProxies::parse(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "proxy_protocol",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "BOOL",
+        kind: Kind::Flag,
+        help: "Every connection starts with a PROXY protocol header (version 1 or 2), as \
+               HAProxy, AWS NLB and many ingress controllers send; its source address is the \
+               client's.",
+        more: "A connection without a valid header within the keep-alive timeout is closed. \
+               Forwarded headers are then judged by the address the header gives.",
+        default: Initial::Value("false"),
+        set: Set::One(|config, text, _| {
+            config.proxy_protocol = value::flag(text)?;
             Ok(())
         }),
     },

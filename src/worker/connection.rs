@@ -10,9 +10,10 @@ use tracing::debug;
 
 use super::Shared;
 use super::activity::Activity;
+use super::proxy_protocol::{self, Prefixed};
 use super::service::HyperService;
 use super::tracked::Tracked;
-use crate::application::AppService;
+use crate::application::{AppService, ClientAddr};
 
 /// Serves `io` on its own task. The socket counts as open work until it is closed, even if it
 /// is upgraded and handed to the application.
@@ -24,19 +25,31 @@ where
     if let Some(meter) = &shared.meter {
         meter.accepted();
     }
-    let io = TokioIo::new(Tracked::new(
+    let mut io = Tracked::new(
         io,
         shared.tracker.token(),
         shared.seat,
         &shared.room,
         shared.io_timeout,
-    ));
-    tokio::spawn(async move { serve(io, peer, service, shared).await });
+    );
+    tokio::spawn(async move {
+        if !shared.proxy_protocol {
+            let io = TokioIo::new(Prefixed::new(Vec::new(), io));
+            return serve(io, ClientAddr::of(peer, None), service, shared).await;
+        }
+        match proxy_protocol::read(&mut io, shared.idle_timeout).await {
+            Ok((source, rest)) => {
+                let io = TokioIo::new(Prefixed::new(rest, io));
+                serve(io, ClientAddr::of(peer, source), service, shared).await;
+            }
+            Err(why) => debug!("closing a connection without a PROXY header: {why}"),
+        }
+    });
 }
 
 async fn serve<IO, S>(
-    io: TokioIo<Tracked<IO>>,
-    peer: Option<SocketAddr>,
+    io: TokioIo<Prefixed<Tracked<IO>>>,
+    client: ClientAddr,
     service: S,
     shared: &'static Shared,
 ) where
@@ -45,7 +58,7 @@ async fn serve<IO, S>(
 {
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
-    let service = HyperService::new(service, shared, Arc::clone(&activity), peer);
+    let service = HyperService::new(service, shared, Arc::clone(&activity), client);
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // Watched for the connection's whole life, its drain included: GOAWAY does not open a

@@ -5,8 +5,10 @@ mod activity;
 mod channel;
 mod connection;
 mod flow;
+mod forwarded;
 mod heap;
 mod metrics;
+mod proxy_protocol;
 mod reclaim;
 mod response;
 mod room;
@@ -28,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::application::{AppService, WorkerContext};
-use crate::config::Config;
+use crate::config::{Config, TrustedProxies};
 use crate::drain::Drain;
 use crate::exit;
 use crate::process::board::Seat;
@@ -89,6 +91,10 @@ pub(crate) struct Shared {
     slot: usize,
     /// Where requests are counted, with `--metrics-bind`.
     meter: Option<Meter>,
+    /// Peers whose forwarding headers are believed.
+    trusted: TrustedProxies,
+    /// Every connection starts with a PROXY protocol header.
+    proxy_protocol: bool,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -240,6 +246,8 @@ where
         io_timeout: config.io_timeout,
         slot,
         meter: (!config.metrics_bind.is_empty()).then_some(meter),
+        trusted: config.forwarded_allow_ips.clone(),
+        proxy_protocol: config.proxy_protocol,
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));

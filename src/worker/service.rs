@@ -3,13 +3,12 @@
 //! begun asks HTTP/1 clients to close the connection.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_TYPE, FORWARDED, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -19,7 +18,9 @@ use tower::util::Oneshot;
 
 use super::Shared;
 use super::activity::{Activity, InFlight};
+use super::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use super::response::ResponseBody;
+use crate::application::ClientAddr;
 use crate::application::{AppService, Connection, RequestBody};
 use crate::config::Config;
 use crate::drain::Drain;
@@ -33,8 +34,8 @@ pub(crate) struct HyperService<S> {
     /// The connection's requests: HTTP/2 ones are counted so that an idle connection can be
     /// closed, and so that its drain starts with GOAWAY at once instead of lingering.
     activity: Arc<Activity>,
-    /// The client, for the access log; `None` on a unix socket.
-    peer: Option<SocketAddr>,
+    /// The connection's client, before what forwarding headers may say of each request.
+    client: ClientAddr,
 }
 
 impl<S> HyperService<S> {
@@ -42,14 +43,35 @@ impl<S> HyperService<S> {
         inner: S,
         shared: &'static Shared,
         activity: Arc<Activity>,
-        peer: Option<SocketAddr>,
+        client: ClientAddr,
     ) -> Self {
         Self {
             inner,
             shared,
             activity,
-            peer,
+            client,
         }
+    }
+
+    /// The request's client: the connection's, or what its forwarding headers say when the
+    /// one who sent them is a trusted proxy.
+    fn client<B>(&self, req: &Request<B>) -> ClientAddr {
+        let headers = req.headers();
+        let forwarding = [FORWARDED.as_str(), X_FORWARDED_FOR, X_FORWARDED_PROTO]
+            .iter()
+            .any(|name| headers.contains_key(*name));
+        let speaker = self.client.speaker().map(|a| a.ip());
+        if !forwarding || !self.shared.trusted.trusts(speaker) {
+            return self.client.clone();
+        }
+        let told = forwarded::told(headers, &self.shared.trusted);
+        let mut client = self.client.clone();
+        if let Some(addr) = told.client {
+            client.client = Some(addr);
+            client.forwarded = true;
+        }
+        client.scheme = told.scheme;
+        client
     }
 }
 
@@ -69,7 +91,8 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
         // Only HTTP/1 is asked to close: HTTP/2 forbids the header and drains with GOAWAY.
         let closing = http1.then_some(self.shared);
         // Boxed, so that without an access log the response future stays small.
-        let entry = Entry::begin(&req, self.peer).map(Box::new);
+        let client = self.client(&req);
+        let entry = Entry::begin(&req, client.addr()).map(Box::new);
         if let Some(status) = self.shared.limits.refusal(&req) {
             return ResponseFuture::Own {
                 response: Some(refused(status, http1)),
@@ -100,6 +123,11 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
         } else {
             extensions.insert(self.shared.drain.clone());
         }
+        #[cfg(feature = "axum")]
+        if let Some(addr) = client.addr() {
+            extensions.insert(axum::extract::ConnectInfo(addr));
+        }
+        extensions.insert(client);
         ResponseFuture::App {
             inner: self.inner.clone().oneshot(req),
             closing,
@@ -124,6 +152,8 @@ pub(crate) fn extensions(drain: &Drain) -> Extensions {
     extensions.insert(Room::<1>);
     extensions.insert(Room::<2>);
     extensions.insert(Room::<3>);
+    extensions.insert(Room::<4>);
+    extensions.insert(Room::<5>);
     extensions.clear();
     extensions.insert(drain.clone());
     extensions

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `prefork` binary and the real `demo` example, on 127.0.0.1, with
 //! real signals. One test binary, so the suite links once.
 
+mod clients;
 mod connections;
 mod deploy;
 mod deploy_files;
