@@ -16,6 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 /// with a few TLVs (AWS and GCP add some) stay well within this.
 const LONGEST: usize = 4096;
 
+/// The longest version 1 header, its line end included.
+const V1_LONGEST: usize = 107;
+
 /// Reads the header at the start of `io` within `timeout`. Returns the source address it
 /// carries (`None` for a LOCAL or UNKNOWN header: the balancer's own health check), and the
 /// bytes read past it, which are the start of the HTTP request.
@@ -66,6 +69,14 @@ fn parse(buf: &[u8]) -> Parsed {
     }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
+        // A version 1 header is one line of at most 107 bytes: once its end (or that length)
+        // has been read, it is whole, whatever the parser makes of it.
+        let line = &buf[..buf.len().min(V1_LONGEST)];
+        let v1_whole = buf.starts_with(b"PROXY")
+            && (line.windows(2).any(|w| w == b"\r\n") || buf.len() >= V1_LONGEST);
+        if v1_whole {
+            return Parsed::Invalid("not a PROXY header: a malformed version 1 line".to_string());
+        }
         return Parsed::Incomplete;
     }
     match result {
