@@ -229,6 +229,11 @@ mod tests {
             parse(b"PROXY TCP4 nonsense here\r\n"),
             Parsed::Invalid(_)
         ));
+        let endless = [&b"PROXY TCP4 "[..], &[b'1'; 120]].concat();
+        assert!(
+            matches!(parse(&endless), Parsed::Invalid(_)),
+            "longer than a line can be"
+        );
     }
 
     #[tokio::test]
