@@ -12,17 +12,12 @@
 //! sibling — woken for the same connection — takes it. The master clears a worker's cell when
 //! it reaps it, so a crash leaves no stale count behind.
 
-use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use std::os::fd::OwnedFd;
+use super::shared_memory::{self, AtomicTable};
 
-use nix::errno::Errno;
-use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap};
-use nix::sys::stat::fstat;
-use nix::unistd::ftruncate;
+use std::os::fd::OwnedFd;
 
 /// More workers than this share the cells that remain, which only weakens balancing.
 const CELLS: usize = 256;
@@ -55,6 +50,9 @@ struct Table {
     cells: [Cell; CELLS],
 }
 
+// SAFETY: `repr(C)`, and made of atomics only.
+unsafe impl AtomicTable for Table {}
+
 // SAFETY: the board is only atomics in a mapping that lives as long as the process.
 unsafe impl Send for Board {}
 // SAFETY: as above; every access is an atomic operation.
@@ -65,32 +63,16 @@ impl Board {
     /// now on. The file is what a master hands to the image it executes on an upgrade, so that
     /// both images and every worker see the same cells.
     pub(crate) fn new() -> nix::Result<(Board, OwnedFd)> {
-        let file = memfd_create(c"prefork-board", MFdFlags::MFD_CLOEXEC)?;
-        let len = i64::try_from(size_of::<Table>()).expect("a table of a few KiB");
-        ftruncate(&file, len)?;
-        Ok((Board::map(&file)?, file))
+        let (table, file) = shared_memory::create(c"prefork-board")?;
+        Ok((Board { table }, file))
     }
 
     /// Maps the table in `file`, made by [`Board::new`] in this master or in the image it
     /// replaced.
     pub(crate) fn map(file: &OwnedFd) -> nix::Result<Board> {
-        let len = NonZeroUsize::new(size_of::<Table>()).expect("a non-empty table");
-        if usize::try_from(fstat(file)?.st_size).ok() != Some(len.get()) {
-            return Err(Errno::EINVAL);
-        }
-        // SAFETY: the file is exactly one table long; a new file is zeroed, which is a valid
-        // table of atomics (every cell free), and an adopted one only ever held atomics.
-        let ptr = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                file,
-                0,
-            )?
-        };
-        Ok(Board { table: ptr.cast() })
+        Ok(Board {
+            table: shared_memory::map(file)?,
+        })
     }
 
     fn table(&self) -> &Table {

@@ -8,17 +8,12 @@
 //! the worker's on the board (whose count of open connections the metrics read too), and
 //! cleared by the master when it reaps the worker, so a crash leaves nothing behind.
 
-use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap};
-use nix::sys::stat::fstat;
-use nix::unistd::ftruncate;
+use super::shared_memory::{self, AtomicTable};
 
 /// Slots counted apart; slots beyond share the last ones (as board cells do).
 pub(crate) const SLOTS: usize = 256;
@@ -97,6 +92,9 @@ struct Table {
     cells: [Cell; CELLS],
 }
 
+// SAFETY: `repr(C)`, and made of atomics only.
+unsafe impl AtomicTable for Table {}
+
 /// The shared table. The mapping is never unmapped, so copies stay valid in every process.
 #[derive(Clone, Copy)]
 pub(crate) struct Metrics {
@@ -112,32 +110,16 @@ impl Metrics {
     /// Creates the table in a memory file and maps it, shared with every process forked from
     /// now on; the file goes to the image an upgrade executes.
     pub(crate) fn new() -> nix::Result<(Metrics, OwnedFd)> {
-        let file = memfd_create(c"prefork-metrics", MFdFlags::MFD_CLOEXEC)?;
-        let len = i64::try_from(size_of::<Table>()).expect("a table of some KiB");
-        ftruncate(&file, len)?;
-        Ok((Metrics::map(&file)?, file))
+        let (table, file) = shared_memory::create(c"prefork-metrics")?;
+        Ok((Metrics { table }, file))
     }
 
     /// Maps the table in `file`, made by [`Metrics::new`] here or in the image this one
     /// replaced.
     pub(crate) fn map(file: &OwnedFd) -> nix::Result<Metrics> {
-        let len = NonZeroUsize::new(size_of::<Table>()).expect("a non-empty table");
-        if usize::try_from(fstat(file)?.st_size).ok() != Some(len.get()) {
-            return Err(Errno::EINVAL);
-        }
-        // SAFETY: the file is exactly one table long; a new file is zeroed, which is a valid
-        // table of atomics, and an adopted one only ever held atomics.
-        let ptr = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                file,
-                0,
-            )?
-        };
-        Ok(Metrics { table: ptr.cast() })
+        Ok(Metrics {
+            table: shared_memory::map(file)?,
+        })
     }
 
     fn table(&self) -> &Table {

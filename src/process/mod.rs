@@ -10,5 +10,6 @@ pub(crate) mod handoff;
 pub(crate) mod listeners;
 pub(crate) mod metrics;
 pub(crate) mod privileges;
+mod shared_memory;
 pub(crate) mod signals;
 pub(crate) mod spawn;

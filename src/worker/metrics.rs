@@ -26,41 +26,44 @@ use crate::process::metrics::{BUCKETS, ExitCause, Metrics, Reading};
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Answers scrapes on `listener` until the drain begins; a scrape in progress finishes.
-pub(crate) async fn serve(listener: Listener, metrics: Metrics, board: Board, drain: Drain) {
+/// Answers scrapes on `listener`, on a task of its own, until the drain begins; a scrape in
+/// progress finishes.
+pub(crate) fn serve(listener: Listener, metrics: Metrics, board: Board, drain: Drain) {
     let mut registry = Registry::with_prefix("prefork");
     registry.register_collector(Box::new(Table { metrics, board }));
     let registry: &'static Registry = Box::leak(Box::new(registry));
+    let registered = match listener.socket {
+        Socket::Tcp(l) => tokio::net::TcpListener::from_std(l).map(|l| {
+            let accepted = async move || l.accept().await.map(|(stream, _)| stream);
+            tokio::spawn(accept(accepted, registry, drain));
+        }),
+        Socket::Unix(l) => tokio::net::UnixListener::from_std(l).map(|l| {
+            let accepted = async move || l.accept().await.map(|(stream, _)| stream);
+            tokio::spawn(accept(accepted, registry, drain));
+        }),
+    };
+    if let Err(e) = registered {
+        error!("cannot serve the metrics: {e}");
+    }
+}
+
+/// Serves each connection `next` accepts until the drain begins.
+async fn accept<IO>(
+    mut next: impl AsyncFnMut() -> std::io::Result<IO>,
+    registry: &'static Registry,
+    drain: Drain,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let draining = drain.draining();
     tokio::pin!(draining);
-    match listener.socket {
-        Socket::Tcp(l) => {
-            let Ok(l) = tokio::net::TcpListener::from_std(l) else {
-                return error!("cannot serve the metrics: the listener cannot be registered");
-            };
-            loop {
-                tokio::select! {
-                    () = &mut draining => return,
-                    accepted = l.accept() => match accepted {
-                        Ok((stream, _)) => spawn(stream, registry),
-                        Err(e) => debug!("metrics: accept failed: {e}"),
-                    },
-                }
-            }
-        }
-        Socket::Unix(l) => {
-            let Ok(l) = tokio::net::UnixListener::from_std(l) else {
-                return error!("cannot serve the metrics: the listener cannot be registered");
-            };
-            loop {
-                tokio::select! {
-                    () = &mut draining => return,
-                    accepted = l.accept() => match accepted {
-                        Ok((stream, _)) => spawn(stream, registry),
-                        Err(e) => debug!("metrics: accept failed: {e}"),
-                    },
-                }
-            }
+    loop {
+        tokio::select! {
+            () = &mut draining => return,
+            accepted = next() => match accepted {
+                Ok(stream) => spawn(stream, registry),
+                Err(e) => debug!("metrics: accept failed: {e}"),
+            },
         }
     }
 }

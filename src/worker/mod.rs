@@ -254,9 +254,7 @@ where
     let mut accepting = Vec::new();
     for bound in listeners {
         if bound.metrics {
-            let scrapes =
-                metrics::serve(bound, meter.metrics(), seat.board(), shared.drain.clone());
-            tokio::spawn(scrapes);
+            metrics::serve(bound, meter.metrics(), seat.board(), shared.drain.clone());
             continue;
         }
         match Listener::adopt(bound) {

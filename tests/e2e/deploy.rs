@@ -303,6 +303,13 @@ fn ids(pid: Pid, key: &str) -> Vec<u32> {
 
 /// Asserts that `pid` runs as `uid`/`gid` (real, effective, saved and filesystem ids), with no
 /// supplementary group but `gid`, and whether it has no-new-privs.
+/// The uid of `nobody` and the gid of `nogroup`, the user and group the tests drop to.
+pub(super) fn nobody_ids() -> (u32, u32) {
+    let user = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let group = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    (user.uid.as_raw(), group.gid.as_raw())
+}
+
 pub(super) fn assert_runs_as(pid: Pid, uid: u32, gid: u32, no_new_privs: bool) {
     assert_eq!(ids(pid, "Uid:"), [uid; 4], "{pid}: uids");
     assert_eq!(ids(pid, "Gid:"), [gid; 4], "{pid}: gids");
@@ -384,16 +391,7 @@ fn workers_drop_privileges_and_the_master_keeps_them() {
         .args(&["--root", dir.path().to_str().unwrap()])
         .without_bind()
         .start();
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw();
-    let nogroup = nix::unistd::Group::from_name("nogroup")
-        .unwrap()
-        .unwrap()
-        .gid
-        .as_raw();
+    let (nobody, nogroup) = nobody_ids();
     let master = server.pid();
     assert_runs_as(master, 0, 0, false);
     let workers = server.workers();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::deploy::assert_runs_as;
+use super::deploy::{assert_runs_as, nobody_ids};
 use super::http::{Conn, get, try_get};
 use super::load::Load;
 use super::support::procfs::{alive, process_group_alive};
@@ -441,16 +441,7 @@ fn run_programs_drop_privileges_and_the_master_keeps_them() {
     std::fs::write(&version, "one").unwrap();
     let options = ["-w", "2", "--user", "nobody", "--group", "nogroup"];
     let server = notify_server(&options, &version, "0").start();
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw();
-    let nogroup = nix::unistd::Group::from_name("nogroup")
-        .unwrap()
-        .unwrap()
-        .gid
-        .as_raw();
+    let (nobody, nogroup) = nobody_ids();
     assert_runs_as(server.pid(), 0, 0, false);
     for program in server.workers() {
         assert_runs_as(program, nobody, nogroup, true);
