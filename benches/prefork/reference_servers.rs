@@ -32,6 +32,18 @@ impl Kind {
         }
     }
 
+    /// How it is set up, for the table (see [`nginx_config`] and [`h2o_config`]).
+    pub fn settings(self) -> &'static str {
+        match self {
+            Kind::Nginx => {
+                "sendfile on, access_log off, keepalive_requests raised to 1000000 (prefork \
+                 closes no connection after a number of requests), open_file_cache off as by \
+                 default"
+            }
+            Kind::H2o => "file.dir, no access log, defaults otherwise",
+        }
+    }
+
     /// The Debian package that installs it.
     fn package(self) -> &'static str {
         self.name()

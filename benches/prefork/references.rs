@@ -93,7 +93,12 @@ fn static_files(b: &Bench, modes: &[Mode]) -> Table {
                 continue;
             }
         };
-        table.note(format!("{}: {}", kind.name(), reference.version));
+        table.note(format!(
+            "{}: {}; {}",
+            kind.name(),
+            reference.version,
+            kind.settings()
+        ));
         for (label, name, size) in FILES {
             let path = format!("/{name}");
             expect_ok(reference.side(Mode::KeepAlive), &path, None);
@@ -108,11 +113,6 @@ fn static_files(b: &Bench, modes: &[Mode]) -> Table {
             }
         }
     }
-    table.note(
-        "nginx: sendfile on, access_log off, keepalive_requests raised to 1000000 (prefork \
-         closes no connection after a number of requests), open_file_cache off as by default; \
-         h2o: file.dir, no access log, defaults otherwise",
-    );
     table.note(
         "requests/CPU-s: requests per second of CPU time (user + system) of all the server's \
          processes, read from /proc over the measured window; higher is better",
