@@ -2,12 +2,14 @@
 //! multi-thread tokio runtime, the way an application is served without prefork.
 //!
 //! ```text
-//! cargo run --release --example baseline -- --threads 2 --bind 127.0.0.1:0 [--root DIR]
+//! cargo run --release --example baseline -- --threads 2 --bind 127.0.0.1:0 [--root DIR | --bare]
 //! ```
 //!
 //! Without `--root` it serves the demo's `GET /` ("Hello, World!", the same handler as
 //! `examples/demo.rs`); with `--root` it serves the directory with prefork's built-in static
-//! app (`prefork::app::static_files`, the very service the `prefork` binary uses). Connections
+//! app (`prefork::app::static_files`, the very service the `prefork` binary uses); with `--bare`
+//! it serves `examples/bare.rs`'s `tower::service_fn` (`examples/common/hello.rs`), the way
+//! hyper's own examples serve one. Connections
 //! get the HTTP settings prefork's workers use by default: HTTP/1.1 with keep-alive and a 5 s
 //! idle timeout, or HTTP/2, and TCP_NODELAY. The listen backlog is prefork's default, 2048.
 //!
@@ -33,6 +35,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+#[path = "common/hello.rs"]
+mod hello;
+
 /// prefork's default listen backlog.
 const BACKLOG: i32 = 2048;
 /// prefork's default keep-alive idle timeout.
@@ -40,15 +45,25 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// The longest a graceful stop waits for connections (prefork's default graceful_timeout).
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the baseline serves.
+enum App {
+    /// The demo's `GET /`, through axum.
+    Demo,
+    /// A directory, through prefork's static app.
+    Static(PathBuf),
+    /// The bare `service_fn` of `examples/bare.rs`.
+    Bare,
+}
+
 struct Args {
     threads: usize,
     bind: SocketAddr,
-    root: Option<PathBuf>,
+    app: App,
 }
 
 fn usage(message: &str) -> ExitCode {
     eprintln!("baseline: error: {message}");
-    eprintln!("usage: baseline [--threads N] [--bind HOST:PORT] [--root DIR]");
+    eprintln!("usage: baseline [--threads N] [--bind HOST:PORT] [--root DIR | --bare]");
     ExitCode::from(2)
 }
 
@@ -56,7 +71,7 @@ fn parse() -> Result<Args, String> {
     let mut args = Args {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         bind: "127.0.0.1:8000".parse().expect("a socket address"),
-        root: None,
+        app: App::Demo,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,7 +88,8 @@ fn parse() -> Result<Args, String> {
             "--bind" | "-b" => {
                 args.bind = value()?.parse().map_err(|e| format!("--bind: {e}"))?;
             }
-            "--root" => args.root = Some(PathBuf::from(value()?)),
+            "--root" => args.app = App::Static(PathBuf::from(value()?)),
+            "--bare" => args.app = App::Bare,
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
@@ -100,7 +116,7 @@ fn main() -> ExitCode {
 }
 
 /// The demo's `/`, handler for handler.
-fn hello() -> Router {
+fn hello_router() -> Router {
     Router::new().route("/", get(|| async { "Hello, World!" }))
 }
 
@@ -111,12 +127,16 @@ async fn run(args: Args) -> std::io::Result<()> {
         listener.local_addr()?,
         args.threads
     );
-    match args.root {
-        Some(root) => {
+    match args.app {
+        App::Static(root) => {
             let app = prefork::app::static_files(&prefork::Config::default().root(root))?;
             serve(listener, TowerToHyperService::new(app)).await
         }
-        None => serve(listener, TowerToHyperService::new(hello())).await,
+        App::Demo => serve(listener, TowerToHyperService::new(hello_router())).await,
+        App::Bare => {
+            let app = tower::service_fn(hello::hello);
+            serve(listener, TowerToHyperService::new(app)).await
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! counted from the demo's `/pid` answers.
 
 use crate::Bench;
-use crate::load::{self, Generator, Mode, Spec};
+use crate::load::{self, Generator, H2_STREAMS, Mode, Spec};
 use crate::report::{Row, Table, median, ratio};
 use crate::server;
 use crate::support::PATIENCE;
@@ -63,6 +63,7 @@ pub fn accept_balance(b: &Bench) -> Table {
         let connections = match mode {
             Mode::KeepAlive => format!("{conns} keep-alive connections (new ones every round)"),
             Mode::ConnPerRequest => format!("a new connection per request, {conns} in flight"),
+            Mode::H2c => format!("{conns} HTTP/2 connections, {H2_STREAMS} streams on each"),
         };
         table.row(
             Row::new(format!("{}: requests per worker", mode.label()))

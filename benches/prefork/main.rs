@@ -11,7 +11,10 @@
 //! `process` (memory, start-up and replacement time), `balance` (requests per worker), `drain`
 //! (TERM to exit with idle keep-alive connections), `upgrade` (a new binary and HUP under
 //! keep-alive load: HUP to the new generation serving, p99 during the upgrade against p99 at
-//! rest, requests lost).
+//! rest, requests lost), `references` (the servers users would pick instead: static files
+//! against nginx and h2o, started by the benchmark when installed, and apps against a bare
+//! hyper `service_fn` in one process; HTTP/1.1, and HTTP/2 by prior knowledge with h2load;
+//! requests per second and per CPU-second of the server's processes).
 //!
 //! Settings, from the environment:
 //!
@@ -30,6 +33,8 @@ mod balance;
 mod drain;
 mod load;
 mod process;
+mod reference_servers;
+mod references;
 mod report;
 mod server;
 mod throughput;
@@ -44,13 +49,14 @@ use std::time::Duration;
 use load::Generator;
 use report::Table;
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "throughput",
     "static",
     "process",
     "balance",
     "drain",
     "upgrade",
+    "references",
 ];
 
 /// Everything a section needs: the settings and a runtime for the drain section's idle
@@ -199,6 +205,9 @@ fn main() {
     }
     if run("upgrade") {
         show(vec![upgrade::upgrade(&bench)]);
+    }
+    if run("references") {
+        show(references::references(&bench));
     }
 
     let mut summary = Table::new("Targets");

@@ -143,6 +143,15 @@ pub fn ratio(r: f64) -> String {
     }
 }
 
+/// Ratios, one per round, as `0.912x 1.034x ...`.
+pub fn ratios(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|r| ratio(*r))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms < 1.0 {

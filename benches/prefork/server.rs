@@ -48,6 +48,19 @@ pub fn baseline(threads: usize) -> Server {
         .spawn()
 }
 
+/// `examples/bare.rs` (a bare `service_fn`) served by prefork with `workers` workers, once it
+/// has logged its address.
+pub fn bare(workers: usize) -> Server {
+    Server::builder(Bin::Bare, workers).spawn()
+}
+
+/// The baseline serving the same bare `service_fn` with `threads` runtime threads.
+pub fn bare_baseline(threads: usize) -> Server {
+    Builder::new(Bin::Baseline)
+        .args(&["--threads", &threads.to_string(), "--bare"])
+        .spawn()
+}
+
 /// The prefork binary serving the files under `root` with `workers` workers.
 pub fn static_prefork(workers: usize, root: &str) -> Server {
     Server::builder(Bin::Prefork, workers)

@@ -1,11 +1,14 @@
 //! Sections 1 and 2: requests per second and latency of prefork against the baseline, for the
 //! demo app's plaintext `GET /` and for static files.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tempfile::TempDir;
 
 use crate::Bench;
 use crate::load::{self, Generator, Mode, Spec, Stats};
-use crate::report::{Row, Table, median, ms, rate, ratio};
+use crate::report::{Row, Table, median, ms, rate, ratios};
 use crate::server::{self, probe};
 use crate::support::{PATIENCE, Server};
 
@@ -15,27 +18,45 @@ pub struct Pair {
     pub pre: Stats,
 }
 
+/// Where a measurement sends its load, and the server whose processes (all of them, as they
+/// are at the start of each measurement) it counts.
+#[derive(Clone, Copy)]
+pub struct Side<'a> {
+    pub addr: SocketAddr,
+    pub server: &'a Server,
+}
+
+impl<'a> From<&'a Server> for Side<'a> {
+    fn from(server: &'a Server) -> Side<'a> {
+        Side {
+            addr: server.addr,
+            server,
+        }
+    }
+}
+
 /// Measures baseline and prefork in turns, `rounds` times, each round starting with the one
 /// the previous round ended with (A B B A A B ...), so that a drift of the machine's load
 /// weighs on both alike.
-pub fn alternate(
+pub fn alternate<'a>(
     b: &Bench,
-    base: &Server,
-    pre: &Server,
+    base: impl Into<Side<'a>>,
+    pre: impl Into<Side<'a>>,
     path: &str,
     mode: Mode,
     conns: usize,
 ) -> Vec<Pair> {
-    let measure = |server: &Server| {
+    let (base, pre) = (base.into(), pre.into());
+    let measure = |side: Side| {
         let spec = Spec {
-            addr: server.addr,
+            addr: side.addr,
             path: path.to_string(),
             mode,
             conns,
             warmup: b.warmup,
             duration: b.secs,
             tally: false,
-            server: server.processes(),
+            server: side.server.processes(),
         };
         load::measure(b.generator, b.client_threads, &spec)
     };
@@ -54,6 +75,45 @@ pub fn alternate(
         .collect()
 }
 
+/// prefork's figure over the baseline's, round by round.
+pub fn per_round(pairs: &[Pair], f: impl Fn(&Stats) -> f64) -> Vec<f64> {
+    pairs.iter().map(|p| f(&p.pre) / f(&p.base)).collect()
+}
+
+/// A row comparing `f` over the rounds: prefork's and the baseline's medians (as `show` writes
+/// them) and the median of the per-round ratios; with `at_least`, that ratio's target.
+pub fn compare(
+    name: String,
+    pairs: &[Pair],
+    f: impl Fn(&Stats) -> f64,
+    show: impl Fn(f64) -> String,
+    at_least: Option<f64>,
+) -> Row {
+    let med =
+        |side: fn(&Pair) -> &Stats| median(&pairs.iter().map(|p| f(side(p))).collect::<Vec<_>>());
+    let r = median(&per_round(pairs, &f));
+    let row = Row::new(name)
+        .value(show(med(|p| &p.pre)))
+        .baseline(show(med(|p| &p.base)))
+        .ratio(r);
+    match at_least {
+        Some(target) => row.target(format!(">= {target:.2}x"), r >= target),
+        None => row,
+    }
+}
+
+/// The failed requests of all rounds, when there were any.
+pub fn errors_row(label: &str, pairs: &[Pair]) -> Option<Row> {
+    let errors = |side: fn(&Pair) -> &Stats| pairs.iter().map(|p| side(p).errors).sum::<u64>();
+    let (pre_errors, base_errors) = (errors(|p| &p.pre), errors(|p| &p.base));
+    (pre_errors + base_errors > 0).then(|| {
+        Row::new(format!("{label} failed requests (all rounds)"))
+            .value(pre_errors.to_string())
+            .baseline(base_errors.to_string())
+            .ratio_text("-")
+    })
+}
+
 /// Rows for requests/s (with the >= 1.0x target), p50 and p99, and notes on errors and CPU.
 fn rows(table: &mut Table, label: &str, pairs: &[Pair], show_bytes: bool) {
     let pre: Vec<&Stats> = pairs.iter().map(|p| &p.pre).collect();
@@ -61,48 +121,36 @@ fn rows(table: &mut Table, label: &str, pairs: &[Pair], show_bytes: bool) {
     let med = |side: &[&Stats], f: fn(&Stats) -> f64| {
         median(&side.iter().map(|s| f(s)).collect::<Vec<_>>())
     };
-    let ratios = |f: fn(&Stats) -> f64| -> Vec<f64> {
-        pairs.iter().map(|p| f(&p.pre) / f(&p.base)).collect()
-    };
 
-    let rps_ratios = ratios(Stats::rps);
-    let rps_ratio = median(&rps_ratios);
-    table.row(
-        Row::new(format!("{label} requests/s"))
-            .value(rate(med(&pre, Stats::rps)))
-            .baseline(rate(med(&base, Stats::rps)))
-            .ratio(rps_ratio)
-            .target(">= 1.00x", rps_ratio >= 1.0),
-    );
+    let rps_ratios = per_round(pairs, Stats::rps);
+    table.row(compare(
+        format!("{label} requests/s"),
+        pairs,
+        Stats::rps,
+        rate,
+        Some(1.0),
+    ));
     if show_bytes {
-        let mibs = |s: &Stats| s.bytes_per_sec() / 1048576.0;
-        table.row(
-            Row::new(format!("{label} MiB/s"))
-                .value(format!("{:.0}", med(&pre, mibs)))
-                .baseline(format!("{:.0}", med(&base, mibs)))
-                .ratio(median(&ratios(mibs))),
-        );
+        table.row(compare(
+            format!("{label} MiB/s"),
+            pairs,
+            |s| s.bytes_per_sec() / 1048576.0,
+            |v| format!("{v:.0}"),
+            None,
+        ));
     }
     let p50 = |s: &Stats| s.p50.as_secs_f64();
     let p99 = |s: &Stats| s.p99.as_secs_f64();
     for (name, pick) in [("p50", p50 as fn(&Stats) -> f64), ("p99", p99)] {
-        table.row(
-            Row::new(format!("{label} {name} latency"))
-                .value(ms(Duration::from_secs_f64(med(&pre, pick))))
-                .baseline(ms(Duration::from_secs_f64(med(&base, pick))))
-                .ratio(median(&ratios(pick))),
-        );
+        table.row(compare(
+            format!("{label} {name} latency"),
+            pairs,
+            pick,
+            |v| ms(Duration::from_secs_f64(v)),
+            None,
+        ));
     }
-    let errors = |side: &[&Stats]| side.iter().map(|s| s.errors).sum::<u64>();
-    let (pre_errors, base_errors) = (errors(&pre), errors(&base));
-    if pre_errors + base_errors > 0 {
-        table.row(
-            Row::new(format!("{label} failed requests (all rounds)"))
-                .value(pre_errors.to_string())
-                .baseline(base_errors.to_string())
-                .ratio_text("-"),
-        );
-    }
+    table.rows.extend(errors_row(label, pairs));
     // How the keep-alive connections were spread over the workers, round by round: a worker
     // serves only the connections it accepted.
     if pairs.iter().any(|p| p.pre.conns_held.len() > 2) {
@@ -116,17 +164,20 @@ fn rows(table: &mut Table, label: &str, pairs: &[Pair], show_bytes: bool) {
     table.note(format!(
         "{label}: requests/s ratio per round {}; CPU cores busy (client + server): prefork \
          {pc:.2} + {ps:.2}, baseline {bc:.2} + {bs:.2}",
-        rps_ratios
-            .iter()
-            .map(|r| ratio(*r))
-            .collect::<Vec<_>>()
-            .join(" "),
+        ratios(&rps_ratios),
     ));
 }
 
-fn expect_ok(server: &Server, path: &str, body: Option<&str>) {
-    let (status, got) = probe(server.addr, path, PATIENCE).expect("a response");
-    assert_eq!(status, 200, "GET {path}: status {status}\n{}", server.log());
+/// Checks that `side` answers `GET path` with 200 (and `body`, when given).
+pub fn expect_ok<'a>(side: impl Into<Side<'a>>, path: &str, body: Option<&str>) {
+    let side = side.into();
+    let (status, got) = probe(side.addr, path, PATIENCE).expect("a response");
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: status {status}\n{}",
+        side.server.log()
+    );
     if let Some(body) = body {
         assert_eq!(got, body, "GET {path}");
     }
@@ -166,13 +217,40 @@ pub fn plaintext(b: &Bench) -> Table {
     table
 }
 
-pub fn static_files(b: &Bench) -> Table {
+/// The static files the benchmark serves: label, name, size in bytes.
+pub const FILES: [(&str, &str, usize); 2] =
+    [("1 KiB", "1k.bin", 1024), ("1 MiB", "1m.bin", 1 << 20)];
+
+/// A temporary directory holding [`FILES`].
+pub fn write_files() -> TempDir {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let files = [("1 KiB", "1k.bin", 1024usize), ("1 MiB", "1m.bin", 1 << 20)];
-    for (_, name, size) in files {
+    for (_, name, size) in FILES {
         let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join(name), data).expect("write a test file");
     }
+    dir
+}
+
+/// Checks that every response of every round had the whole file, where the generator counts
+/// body bytes alone (wrk and h2load count the heads too).
+pub fn assert_whole_bodies(b: &Bench, mode: Mode, pairs: &[Pair], path: &str, size: usize) {
+    if b.generator == Generator::Wrk || mode == Mode::H2c {
+        return;
+    }
+    for pair in pairs {
+        for s in [&pair.base, &pair.pre] {
+            assert!(
+                s.bytes == s.requests * size as u64,
+                "short bodies: {} bytes for {} requests of {path}",
+                s.bytes,
+                s.requests
+            );
+        }
+    }
+}
+
+pub fn static_files(b: &Bench) -> Table {
+    let dir = write_files();
     let root = dir.path().to_str().expect("a UTF-8 path");
     let n = b.workers.to_string();
     let base = server::static_baseline(b.workers, root);
@@ -183,23 +261,13 @@ pub fn static_files(b: &Bench) -> Table {
          process with {n} runtime threads (keep-alive, {} connections)",
         b.conns
     ));
-    for (label, name, size) in files {
+    for (label, name, size) in FILES {
         let path = format!("/{name}");
         for s in [&base, &pre] {
-            let (status, _) = probe(s.addr, &path, PATIENCE).expect("a response");
-            assert_eq!(status, 200, "GET {path}");
+            expect_ok(s, &path, None);
         }
         let pairs = alternate(b, &base, &pre, &path, Mode::KeepAlive, b.conns);
-        for pair in &pairs {
-            for s in [&pair.base, &pair.pre] {
-                assert!(
-                    b.generator == Generator::Wrk || s.bytes == s.requests * size as u64,
-                    "short bodies: {} bytes for {} requests of {path}",
-                    s.bytes,
-                    s.requests
-                );
-            }
-        }
+        assert_whole_bodies(b, Mode::KeepAlive, &pairs, &path, size);
         rows(&mut table, label, &pairs, true);
     }
     table.note(

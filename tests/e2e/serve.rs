@@ -75,11 +75,11 @@ fn static_files_have_validators_and_ranges() {
     assert_eq!(conn.get("/../etc/passwd").unwrap().status, 404);
 }
 
-#[test]
-fn http2_prior_knowledge_is_served() {
+/// `GET /` of `server` on a new HTTP/2 connection by prior knowledge, checked to be answered
+/// over HTTP/2 with 200 and the demo's body.
+fn assert_hello_over_h2(server: &Server) {
     use http_body_util::BodyExt;
 
-    let server = Server::start(Bin::Demo, 1);
     let rt = super::support::runtime();
     rt.block_on(async {
         let (mut send, _conn) = h2::connect(server.addr).await;
@@ -92,6 +92,30 @@ fn http2_prior_knowledge_is_served() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"Hello, World!");
     });
+}
+
+#[test]
+fn http2_prior_knowledge_is_served() {
+    assert_hello_over_h2(&Server::start(Bin::Demo, 1));
+}
+
+/// The benchmark's bare application (examples/bare.rs) under prefork and the same service in
+/// one process (baseline --bare) answer alike, over HTTP/1.1 and HTTP/2 by prior knowledge, so
+/// that the bench compares the same work.
+#[test]
+fn the_bare_example_and_its_single_process_baseline_serve_the_same_body() {
+    let bare = Server::start(Bin::Bare, 2);
+    bare.wait_workers(2, &[]);
+    let baseline = super::support::Builder::new(Bin::Baseline)
+        .args(&["--threads", "1", "--bare"])
+        .spawn();
+    for server in [&bare, &baseline] {
+        let response = http::get(server.addr, "/any/path?at=all");
+        assert_eq!(response.status, 200, "{}", server.log());
+        assert_eq!(response.text(), "Hello, World!");
+        assert_eq!(response.header("content-length"), Some("13"));
+        assert_hello_over_h2(server);
+    }
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub enum Bin {
     Demo,
     /// `examples/baseline.rs`: the same apps in one process on a multi-thread runtime.
     Baseline,
+    /// `examples/bare.rs`: a bare `tower::service_fn` returning a fixed body.
+    Bare,
 }
 
 impl Bin {
@@ -35,6 +37,7 @@ impl Bin {
             Bin::Prefork => return prefork,
             Bin::Demo => "demo",
             Bin::Baseline => "baseline",
+            Bin::Bare => "bare",
         };
         // cargo builds examples next to the binaries, in `examples/`.
         let path = prefork.parent().unwrap().join("examples").join(example);
