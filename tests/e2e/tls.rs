@@ -170,6 +170,21 @@ async fn request1(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Once a reload is complete, an old worker still serves what was queued when it began to
+/// drain: waits until new connections get `serial`, then checks that the next ones all do.
+async fn wait_for_serial(connector: &TlsConnector, addr: SocketAddr, serial: u64) {
+    let until = Instant::now() + PATIENCE;
+    while fetch(connector, addr, "/").await.0 != serial {
+        assert!(
+            Instant::now() < until,
+            "no new connection got serial {serial}"
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(fetch(connector, addr, "/").await, (serial, 200));
+    }
+}
+
 /// One request on a new TLS connection: the certificate's serial and the status.
 async fn fetch(connector: &TlsConnector, addr: SocketAddr, path: &str) -> (u64, u16) {
     let stream = connect(connector, addr).await.expect("a TLS connection");
@@ -377,9 +392,7 @@ fn a_reload_takes_up_a_rotated_certificate_and_refuses_a_bad_one() {
         std::fs::write(&setup.server.cert, &renewed.cert).unwrap();
         std::fs::write(&setup.server.key, &renewed.key).unwrap();
         reload(&server, "reload complete");
-        for _ in 0..10 {
-            assert_eq!(fetch(&connector, https, "/").await, (2, 200));
-        }
+        wait_for_serial(&connector, https, 2).await;
         let (status, body) = slow
             .await
             .unwrap()
@@ -439,4 +452,91 @@ fn a_client_that_stalls_in_or_skips_the_handshake_is_closed_and_the_worker_serve
         let connector = setup.client(&[b"h2", b"http/1.1"], None);
         assert_eq!(fetch(&connector, https, "/").await, (1, 200));
     });
+}
+
+/// What the TLS load clients counted.
+#[derive(Default)]
+struct Tally {
+    served: std::sync::atomic::AtomicU64,
+    /// Requests sent on a connection that then ended without answering them.
+    lost: std::sync::atomic::AtomicU64,
+    /// Connections or handshakes that failed.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// Keeps one keep-alive HTTP/1.1 connection busy until `stop`, opening a new one whenever the
+/// server closes it (after `Connection: close`, as a draining worker answers).
+async fn keep_busy(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    tally: Arc<Tally>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        let Ok(stream) = connect(&connector, addr).await else {
+            tally.refused.fetch_add(1, Relaxed);
+            continue;
+        };
+        let mut send = http1(stream).await;
+        // `ready` fails once the connection is closed: nothing was sent on it then.
+        while !stop.load(Relaxed) && send.ready().await.is_ok() {
+            match request1(&mut send, "/").await {
+                Ok((200, _)) => tally.served.fetch_add(1, Relaxed),
+                Ok(_) | Err(_) => tally.lost.fetch_add(1, Relaxed),
+            };
+        }
+    }
+}
+
+#[test]
+fn keep_alive_tls_load_loses_nothing_across_a_reload_with_a_rotated_certificate() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let setup = Setup::new();
+    let (server, https) = setup.start(Bin::Demo, 2, &[]);
+    let rt = runtime();
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let connector = setup.client(&[b"http/1.1"], None);
+            rt.spawn(keep_busy(
+                connector,
+                https,
+                Arc::clone(&tally),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    let served_past = |n: u64| {
+        server.wait_until(format!("{n} requests served"), || {
+            (tally.served.load(Relaxed) >= n).then_some(())
+        })
+    };
+    served_past(200);
+    for serial in [2, 3] {
+        let renewed = setup.authority.server(serial, 60);
+        std::fs::write(&setup.server.cert, &renewed.cert).unwrap();
+        std::fs::write(&setup.server.key, &renewed.key).unwrap();
+        reload(&server, "reload complete");
+        let connector = setup.client(&[b"http/1.1"], None);
+        rt.block_on(wait_for_serial(&connector, https, serial));
+        served_past(tally.served.load(Relaxed) + 200);
+    }
+    stop.store(true, Relaxed);
+    rt.block_on(async {
+        for client in clients {
+            tokio::time::timeout(PATIENCE, client)
+                .await
+                .expect("the clients stop")
+                .unwrap();
+        }
+    });
+    let (served, lost, refused) = (
+        tally.served.load(Relaxed),
+        tally.lost.load(Relaxed),
+        tally.refused.load(Relaxed),
+    );
+    assert!(served >= 600, "{served} served");
+    assert_eq!((lost, refused), (0, 0), "lost, refused of {served} served");
 }
