@@ -46,7 +46,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__check)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --worker-stop-signal --ready-after --prefix-output --health-path --forwarded-allow-ips --proxy-protocol --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --worker-stop-signal --ready-after --prefix-output --health-path --forwarded-allow-ips --proxy-protocol --certfile --keyfile --ca-certs --client-certs --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -189,6 +189,55 @@ _prefork() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --certfile)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --keyfile)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --ca-certs)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --client-certs)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --metrics-bind)
@@ -570,7 +619,7 @@ _prefork() {
             return 0
             ;;
         prefork__subcmd__serve)
-            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --health-path --forwarded-allow-ips --proxy-protocol --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
+            opts="-b -w -u -g -p -c -h -V --bind --workers --threads --worker-connections --graceful-timeout --timeout --reload-timeout --max-requests --max-requests-jitter --backlog --keepalive --io-timeout --linger --shutdown-delay --health-path --forwarded-allow-ips --proxy-protocol --certfile --keyfile --ca-certs --client-certs --metrics-bind --limit-request-line --limit-request-fields --limit-request-field-size --http2-max-concurrent-streams --user --group --umask --bind-mode --pid --root --follow-symlinks --serve-hidden --log-level --log-format --error-logfile --access-logfile --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -695,6 +744,55 @@ _prefork() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --certfile)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --keyfile)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --ca-certs)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --client-certs)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --metrics-bind)

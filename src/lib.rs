@@ -89,7 +89,7 @@ impl Server {
     ///
     /// Returns `Ok(())` after a graceful or quick stop. Must be called while the process has
     /// a single thread.
-    pub fn serve<F, S>(self, factory: F) -> Result<(), Error>
+    pub fn serve<F, S>(mut self, factory: F) -> Result<(), Error>
     where
         F: Fn(&WorkerContext) -> S,
         S: AppService,
@@ -108,8 +108,17 @@ impl Server {
                 .as_ref()
                 .map(|target| (target, &config.access_logfile_source)),
         })?;
+        for warning in self.config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let initial = self.config.clone();
-        let same = move || Ok(initial.clone());
+        // The same settings, with the TLS files read again: a reload takes up a renewed
+        // certificate.
+        let same = move || {
+            let mut config = initial.clone();
+            config.validate()?;
+            Ok(config)
+        };
         let reconfigure: &dyn Fn() -> Result<Config, Error> = match &self.reconfigure {
             Some(f) => f.as_ref(),
             None => &same,
@@ -148,6 +157,13 @@ where
             if let Some(Err(e)) = config.program.as_deref().map(program::check) {
                 return fail(&e, e.exit_code());
             }
+            for warning in config.warnings() {
+                eprintln!("prefork: warning: {warning}");
+            }
+            let https = config
+                .https_bind
+                .iter()
+                .map(|addr| format!("https://{addr}"));
             println!(
                 "prefork: configuration is valid: {} worker(s) on {}",
                 config.workers,
@@ -155,6 +171,7 @@ where
                     .bind
                     .iter()
                     .map(ToString::to_string)
+                    .chain(https)
                     .collect::<Vec<_>>()
                     .join(", ")
             );

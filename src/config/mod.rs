@@ -4,6 +4,7 @@
 mod credentials;
 pub(crate) mod options;
 mod source;
+mod tls;
 mod trusted;
 pub(crate) mod value;
 
@@ -19,6 +20,7 @@ pub use source::Source;
 pub(crate) const MAX_REQUEST_FIELDS: usize = 32768;
 
 pub(crate) use credentials::Credentials;
+pub(crate) use tls::{ClientCerts, Tls, TlsFile, TlsFiles};
 pub(crate) use trusted::TrustedProxies;
 
 /// Where a log goes.
@@ -65,8 +67,15 @@ impl fmt::Display for BindAddr {
 /// command line, the environment and a config file.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Cleartext addresses, or every address when a certificate is given and no address is
+    /// written `https://` (as gunicorn's `--certfile` does).
     pub(crate) bind: Vec<BindAddr>,
+    /// Addresses written `https://`: TLS whatever the others are.
+    pub(crate) https_bind: Vec<BindAddr>,
     pub(crate) bind_source: Source,
+    pub(crate) tls_files: TlsFiles,
+    /// The TLS files loaded and checked, by [`Config::validate`].
+    pub(crate) tls: Option<Tls>,
     pub(crate) workers: usize,
     pub(crate) threads: usize,
     pub(crate) graceful_timeout: Duration,
@@ -117,7 +126,10 @@ impl Default for Config {
         // left is what an unset option means: no user, no pid file, no access log.
         let mut config = Self {
             bind: Vec::new(),
+            https_bind: Vec::new(),
             bind_source: Source::Default,
+            tls_files: TlsFiles::default(),
+            tls: None,
             workers: 1,
             threads: 1,
             graceful_timeout: Duration::ZERO,
@@ -168,6 +180,7 @@ impl Config {
     /// Addresses to listen on. Default: `127.0.0.1:8000`.
     pub fn bind(mut self, addrs: impl IntoIterator<Item = BindAddr>) -> Self {
         self.bind = addrs.into_iter().collect();
+        self.https_bind.clear();
         self.bind_source = Source::Api;
         self
     }
@@ -476,8 +489,34 @@ impl Config {
         Ok(())
     }
 
-    /// Checks what can only be checked against the machine, not the text of one value.
-    pub(crate) fn validate(&self) -> Result<(), Error> {
+    /// Whether the addresses in `bind` serve TLS: with a certificate and no `https://`
+    /// address, every address does (systemd's sockets too), as with gunicorn's `--certfile`.
+    pub(crate) fn tls_by_default(&self) -> bool {
+        self.tls_files.given() && self.https_bind.is_empty()
+    }
+
+    /// What deserves a warning in a valid configuration: a certificate about to expire.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.tls.iter().filter_map(Tls::expiry_warning).collect()
+    }
+
+    /// Checks what can only be checked against the machine, not the text of one value, and
+    /// loads the TLS files (again, on every call: a reload reads rotated certificates).
+    pub(crate) fn validate(&mut self) -> Result<(), Error> {
+        self.tls = None;
+        if !self.https_bind.is_empty() && !self.tls_files.given() {
+            return Err(Error::config(format!(
+                "https:// addresses ({}) need --certfile and --keyfile",
+                self.bind_source
+            )));
+        }
+        if self.tls_files.given() {
+            self.tls = Some(self.tls_files.load().map_err(Error::config)?);
+        } else if let Some(ca) = &self.tls_files.ca_certs {
+            return Err(Error::config(format!(
+                "ca_certs {ca} is given without a certfile and keyfile"
+            )));
+        }
         if self.program.is_none() && !self.root.is_dir() {
             return Err(Error::config(format!(
                 "root directory '{}' ({}) does not exist or is not a directory",
@@ -491,14 +530,25 @@ impl Config {
             .metrics_bind
             .iter()
             .filter(|addr| !any_port(addr))
-            .find(|addr| self.bind.contains(addr))
+            .find(|addr| self.bind.contains(addr) || self.https_bind.contains(addr))
         {
             return Err(Error::config(format!(
                 "metrics address {shared} ({}) is also an address of the application ({})",
                 self.metrics_bind_source, self.bind_source
             )));
         }
-        if self.bind.is_empty() {
+        if let Some(both) = self
+            .https_bind
+            .iter()
+            .filter(|addr| !any_port(addr))
+            .find(|addr| self.bind.contains(addr))
+        {
+            return Err(Error::config(format!(
+                "address {both} ({}) is given both as https:// and as cleartext",
+                self.bind_source
+            )));
+        }
+        if self.bind.is_empty() && self.https_bind.is_empty() {
             return Err(Error::config(format!(
                 "no address to listen on ({})",
                 self.bind_source

@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use super::{Config, MAX_REQUEST_FIELDS, Source, TrustedProxies, credentials, value};
+use super::{
+    ClientCerts, Config, MAX_REQUEST_FIELDS, Source, TlsFile, TrustedProxies, credentials, value,
+};
 
 /// One option. Its key names it in a config file (`graceful_timeout`); the command line spells
 /// it `--graceful-timeout` and the environment `PREFORK_GRACEFUL_TIMEOUT`.
@@ -189,6 +191,17 @@ pub(crate) fn apply_defaults(config: &mut Config) {
     }
 }
 
+/// A file path for a TLS option, remembering where it was given.
+fn tls_file(text: &str, source: &Source) -> Result<TlsFile, String> {
+    if text.is_empty() {
+        return Err("expected a file path".to_string());
+    }
+    Ok(TlsFile {
+        path: PathBuf::from(text),
+        source: source.clone(),
+    })
+}
+
 fn cpus() -> String {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -203,23 +216,29 @@ pub(crate) static OPTIONS: &[Opt] = &[
         short: Some('b'),
         value_name: "ADDR",
         kind: Kind::Addrs,
-        help: "Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH. Repeat for several, or \
+        help: "Address to listen on: HOST:PORT, [V6]:PORT or unix:PATH; https://HOST:PORT or \
+               https://unix:PATH serves TLS there (see --certfile). Repeat for several, or \
                separate them with commas.",
         more: "Port 0 asks the kernel for a free port (logged). A host name is resolved once, at \
-               start, and every address it resolves to is bound.",
+               start, and every address it resolves to is bound. With --certfile and no \
+               https:// address, every address serves TLS, as with gunicorn; with one, the \
+               others stay cleartext: -b 0.0.0.0:8080 -b https://0.0.0.0:8443.",
         default: Initial::ValueOr {
             value: "127.0.0.1:8000",
             otherwise: "or 0.0.0.0:$PORT when PORT is set",
         },
         set: Set::Many(|config, values, source| {
-            let mut addrs = Vec::new();
+            let (mut cleartext, mut https) = (Vec::new(), Vec::new());
             for text in values {
-                addrs.extend(value::bind(text).map_err(|reason| Invalid {
+                let (tls, addr) = value::scheme(text);
+                let addrs = value::bind(addr).map_err(|reason| Invalid {
                     value: text.clone(),
                     reason,
-                })?);
+                })?;
+                if tls { &mut https } else { &mut cleartext }.extend(addrs);
             }
-            config.bind = addrs;
+            config.bind = cleartext;
+            config.https_bind = https;
             config.bind_source = source.clone();
             Ok(())
         }),
@@ -533,6 +552,84 @@ pub(crate) static OPTIONS: &[Opt] = &[
         default: Initial::Value("false"),
         set: Set::One(|config, text, _| {
             config.proxy_protocol = value::flag(text)?;
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "certfile",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "FILE",
+        kind: Kind::File,
+        help: "Serve TLS with this certificate: a PEM file, the server's certificate first, then \
+               its chain. Needs --keyfile.",
+        more: "Read by the master at start and at every reload (HUP), so that a renewed \
+               certificate is taken up by a reload and a key readable by root alone suits \
+               workers that run as another --user. A file that does not load, a key that does \
+               not match, or a certificate that has expired stops the start with status 2, and \
+               fails a reload with the old workers left serving; a certificate that expires \
+               within 14 days is warned about. HTTP/2 and HTTP/1.1 are offered by ALPN, TLS 1.2 \
+               and 1.3, with session resumption by tickets.",
+        default: Initial::Unset {
+            shown: "none (cleartext)",
+            example: "/etc/prefork/fullchain.pem",
+        },
+        set: Set::One(|config, text, source| {
+            config.tls_files.certfile = Some(tls_file(text, source)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "keyfile",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "FILE",
+        kind: Kind::File,
+        help: "The private key of --certfile: a PEM file, PKCS#8, PKCS#1 (RSA) or SEC1 (EC).",
+        more: "",
+        default: Initial::Unset {
+            shown: "none",
+            example: "/etc/prefork/privkey.pem",
+        },
+        set: Set::One(|config, text, source| {
+            config.tls_files.keyfile = Some(tls_file(text, source)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "ca_certs",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "FILE",
+        kind: Kind::File,
+        help: "Ask TLS clients for a certificate signed by one of these (a PEM file): mutual \
+               TLS. See --client-certs.",
+        more: "",
+        default: Initial::Unset {
+            shown: "none",
+            example: "/etc/prefork/clients-ca.pem",
+        },
+        set: Set::One(|config, text, source| {
+            config.tls_files.ca_certs = Some(tls_file(text, source)?);
+            Ok(())
+        }),
+    },
+    Opt {
+        key: "client_certs",
+        applies: Applies::Serve,
+        short: None,
+        value_name: "MODE",
+        kind: Kind::Text,
+        help: "Client certificates: none (not asked for), optional (a client without one is \
+               served, one with a bad one refused) or required (a client without a valid one \
+               is refused in the handshake).",
+        more: "",
+        default: Initial::Unset {
+            shown: "required with --ca-certs, else none",
+            example: "required",
+        },
+        set: Set::One(|config, text, _| {
+            config.tls_files.client_certs = Some(ClientCerts::parse(text)?);
             Ok(())
         }),
     },

@@ -75,6 +75,16 @@ pub(crate) fn bind(text: &str) -> Result<Vec<BindAddr>, String> {
     Ok(addrs)
 }
 
+/// Splits an address given as `https://ADDR` (TLS) or `http://ADDR` (cleartext, as a bare
+/// address is) into whether it serves TLS and the address.
+pub(crate) fn scheme(text: &str) -> (bool, &str) {
+    if let Some(addr) = text.strip_prefix("https://") {
+        (true, addr)
+    } else {
+        (false, text.strip_prefix("http://").unwrap_or(text))
+    }
+}
+
 /// A signal by name, with or without its `SIG` prefix, in any case: `TERM`, `sigint`.
 pub(crate) fn signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
     let name = text.trim().to_ascii_uppercase();
@@ -198,6 +208,9 @@ mod tests {
             bind("[::1]:0"),
             Ok(vec![BindAddr::Tcp("[::1]:0".parse().unwrap())])
         );
+        assert_eq!(scheme("https://0.0.0.0:8443"), (true, "0.0.0.0:8443"));
+        assert_eq!(scheme("http://0.0.0.0:80"), (false, "0.0.0.0:80"));
+        assert_eq!(scheme("unix:/tmp/p"), (false, "unix:/tmp/p"));
         assert_eq!(
             bind("unix:/tmp/p.sock"),
             Ok(vec![BindAddr::Unix("/tmp/p.sock".into())])

@@ -55,6 +55,8 @@ pub(crate) struct ListenerRecord {
     pub(crate) activated: bool,
     /// Serves the metrics (false in records of builds without metrics).
     pub(crate) metrics: bool,
+    /// Serves TLS (false in records of builds without TLS).
+    pub(crate) tls: bool,
 }
 
 impl Record {
@@ -85,6 +87,7 @@ impl Record {
                     "fd": l.fd,
                     "activated": l.activated,
                     "metrics": l.metrics,
+                    "tls": l.tls,
                 })
             })
             .collect();
@@ -139,6 +142,7 @@ impl Record {
                     fd: l.int("fd")?,
                     activated: l.flag("activated")?,
                     metrics: l.optional("metrics", Fields::flag)?.unwrap_or(false),
+                    tls: l.optional("tls", Fields::flag)?.unwrap_or(false),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -271,18 +275,21 @@ mod tests {
                     fd: 3,
                     activated: false,
                     metrics: false,
+                    tls: true,
                 },
                 ListenerRecord {
                     addr: "127.0.0.1:9100".into(),
                     fd: 6,
                     activated: false,
                     metrics: true,
+                    tls: false,
                 },
                 ListenerRecord {
                     addr: "unix:/run/app.sock".into(),
                     fd: 4,
                     activated: true,
                     metrics: false,
+                    tls: false,
                 },
             ],
             board: 5,
@@ -308,14 +315,15 @@ mod tests {
         value["version"] = json!(VERSION);
         value["added_later"] = json!({"anything": [1, 2]});
         assert_eq!(Record::decode(&value.to_string()), Ok(sample()));
-        // A build without metrics wrote neither the table nor the listeners' flag.
+        // A build without metrics or TLS wrote neither the table nor the listeners' flags.
         value.as_object_mut().unwrap().remove("metrics");
         for listener in value["listeners"].as_array_mut().unwrap() {
             listener.as_object_mut().unwrap().remove("metrics");
+            listener.as_object_mut().unwrap().remove("tls");
         }
         let old = Record::decode(&value.to_string()).unwrap();
         assert_eq!(old.metrics, None);
-        assert!(old.listeners.iter().all(|l| !l.metrics));
+        assert!(old.listeners.iter().all(|l| !l.metrics && !l.tls));
     }
 
     #[test]

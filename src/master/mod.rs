@@ -28,7 +28,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::core::{Action, Core, Event, Notice, Settings};
 use crate::Error;
@@ -433,6 +433,9 @@ impl<'a> Master<'a> {
     /// addresses that stay.
     fn prepare_reload(&mut self, generation: u32) -> Result<Settings, String> {
         let config = (self.reconfigure)().map_err(|e| e.to_string())?;
+        for warning in config.warnings() {
+            warn!("{warning}");
+        }
         let listeners = listeners::bind_all(&config, &self.listeners).map_err(|e| e.to_string())?;
         let settings = Settings::of(&config);
         self.next = Some(Next {

@@ -209,6 +209,7 @@ pub(crate) fn inherit(record: &Record) -> io::Result<Inherited> {
         let fd = unsafe { take_fd(l.fd) }?;
         let mut listener = listeners::inherited(fd, Some(addr), l.activated)?;
         listener.metrics = l.metrics;
+        listener.tls = l.tls;
         listeners.push(listener);
     }
     // SAFETY: as above.
@@ -293,6 +294,7 @@ pub(crate) fn record<'a>(
                 fd: l.fd().as_raw_fd(),
                 activated: l.activated,
                 metrics: l.metrics,
+                tls: l.tls,
             }
         })
         .collect();

@@ -23,6 +23,8 @@ pub(crate) struct Listener {
     pub(crate) activated: bool,
     /// Serves the metrics (`--metrics-bind`), never the application.
     pub(crate) metrics: bool,
+    /// Serves TLS (`https://` addresses, or every one with a certificate and none such).
+    pub(crate) tls: bool,
 }
 
 #[derive(Debug)]
@@ -36,9 +38,11 @@ impl Listener {
     pub(crate) fn describe(&self) -> String {
         let place = match &self.socket {
             Socket::Tcp(l) => match l.local_addr() {
+                Ok(addr) if self.tls => format!("https://{addr}"),
                 Ok(addr) => format!("http://{addr}"),
                 Err(_) => "tcp (address unknown)".to_string(),
             },
+            Socket::Unix(_) if self.tls => format!("https://{}", self.addr),
             Socket::Unix(_) => self.addr.to_string(),
         };
         if self.activated {
@@ -77,6 +81,7 @@ impl Listener {
             socket,
             activated: self.activated,
             metrics: self.metrics,
+            tls: self.tls,
         })
     }
 }
@@ -126,6 +131,7 @@ pub(crate) fn inherited(
             socket: Socket::Tcp(socket.into()),
             activated,
             metrics: false,
+            tls: false,
         },
         (None, path) => Listener {
             addr: addr
@@ -133,6 +139,7 @@ pub(crate) fn inherited(
             socket: Socket::Unix(socket.into()),
             activated,
             metrics: false,
+            tls: false,
         },
     })
 }
@@ -143,10 +150,12 @@ pub(crate) fn inherited(
 /// error names the address and where it was configured.
 pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<Listener>, Error> {
     let mut bound = Vec::new();
+    let tls_by_default = config.tls_by_default();
     for listener in current.iter().filter(|l| l.activated) {
-        let copy = listener
+        let mut copy = listener
             .try_clone()
             .map_err(|e| Error::bind(format!("cannot keep {}: {e}", listener.describe())))?;
+        copy.tls = tls_by_default;
         bound.push(copy);
     }
     // With sockets from systemd, the default address is not wanted too; explicit ones are.
@@ -155,11 +164,14 @@ pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<List
     } else {
         &config.bind
     };
-    let metrics = config.metrics_bind.iter().map(|addr| (addr, true));
+    // (address, serves the metrics, serves TLS)
+    let application = wanted.iter().map(|addr| (addr, false, tls_by_default));
+    let https = config.https_bind.iter().map(|addr| (addr, false, true));
+    let metrics = config.metrics_bind.iter().map(|addr| (addr, true, false));
     let mut created = Vec::new();
-    for (addr, serves_metrics) in wanted.iter().map(|addr| (addr, false)).chain(metrics) {
-        // Port 0 may be configured for both the application and the metrics: each has its own.
-        let same = |l: &&Listener| l.addr == *addr && l.metrics == serves_metrics;
+    for (addr, serves_metrics, tls) in application.chain(https).chain(metrics) {
+        // Port 0 may be configured for several roles: each has its own socket.
+        let same = |l: &&Listener| l.addr == *addr && l.metrics == serves_metrics && l.tls == tls;
         if bound.iter().any(|l| same(&l)) {
             continue;
         }
@@ -172,6 +184,7 @@ pub(crate) fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<List
         match result {
             Ok(mut listener) => {
                 listener.metrics = serves_metrics;
+                listener.tls = tls;
                 bound.push(listener);
             }
             Err(e) => {
@@ -228,6 +241,7 @@ fn bind(addr: &BindAddr, config: &Config) -> io::Result<Listener> {
                 socket: Socket::Tcp(socket.into()),
                 activated: false,
                 metrics: false,
+                tls: false,
             })
         }
         BindAddr::Unix(path) => {
@@ -256,6 +270,7 @@ fn bind(addr: &BindAddr, config: &Config) -> io::Result<Listener> {
                 socket: Socket::Unix(socket.into()),
                 activated: false,
                 metrics: false,
+                tls: false,
             })
         }
     }

@@ -43,6 +43,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) struct Listener {
     fd: AsyncFd<Socket>,
     unix: bool,
+    /// Serves TLS.
+    tls: bool,
 }
 
 /// Accepts until the drain begins, then accepts everything already in the kernel's queue — the
@@ -282,17 +284,19 @@ enum Patience {
     Wait,
 }
 
-/// An accepted connection.
+/// An accepted connection, and whether it is served over TLS.
 enum Stream {
-    Tcp(TcpStream, std::net::SocketAddr),
-    Unix(UnixStream),
+    Tcp(TcpStream, std::net::SocketAddr, bool),
+    Unix(UnixStream, bool),
 }
 
 impl Stream {
     fn serve<S: AppService>(self, service: S, shared: &'static Shared) {
         match self {
-            Stream::Tcp(stream, peer) => connection::spawn(stream, Some(peer), service, shared),
-            Stream::Unix(stream) => connection::spawn(stream, None, service, shared),
+            Stream::Tcp(stream, peer, tls) => {
+                connection::spawn(stream, Some(peer), tls, service, shared);
+            }
+            Stream::Unix(stream, tls) => connection::spawn(stream, None, tls, service, shared),
         }
     }
 }
@@ -300,6 +304,7 @@ impl Stream {
 impl Listener {
     /// Registers an inherited listener with the worker's runtime.
     pub(crate) fn adopt(bound: Bound) -> io::Result<Self> {
+        let tls = bound.tls;
         let (socket, unix) = match bound.socket {
             BoundSocket::Tcp(l) => (Socket::from(l), false),
             BoundSocket::Unix(l) => (Socket::from(l), true),
@@ -307,7 +312,7 @@ impl Listener {
         // SAFETY: the listener owns the socket, so the descriptor stays open and the same for
         // as long as the registration lives.
         let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
-        Ok(Listener { fd, unix })
+        Ok(Listener { fd, unix, tls })
     }
 
     /// Whether a connection waits in the queue, without taking it.
@@ -323,12 +328,16 @@ impl Listener {
     fn accept(&self) -> io::Result<Stream> {
         let (socket, peer) = self.fd.get_ref().accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)?;
         if self.unix {
-            return Ok(Stream::Unix(UnixStream::from_std(socket.into())?));
+            return Ok(Stream::Unix(UnixStream::from_std(socket.into())?, self.tls));
         }
         // Responses are written whole; Nagle's delay would only add latency.
         socket.set_tcp_nodelay(true)?;
         let peer = peer.as_socket().ok_or(io::ErrorKind::InvalidData)?;
-        Ok(Stream::Tcp(TcpStream::from_std(socket.into())?, peer))
+        Ok(Stream::Tcp(
+            TcpStream::from_std(socket.into())?,
+            peer,
+            self.tls,
+        ))
     }
 }
 

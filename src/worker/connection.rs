@@ -8,17 +8,22 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::Shared;
 use super::activity::Activity;
 use super::proxy_protocol::{self, Prefixed};
 use super::service::HyperService;
 use super::tracked::Tracked;
+use super::{Shared, tls};
 use crate::application::{AppService, ClientAddr};
 
-/// Serves `io` on its own task. The socket counts as open work until it is closed, even if it
-/// is upgraded and handed to the application.
-pub(crate) fn spawn<IO, S>(io: IO, peer: Option<SocketAddr>, service: S, shared: &'static Shared)
-where
+/// Serves `io` on its own task, over TLS when `tls` says so. The socket counts as open work
+/// until it is closed, even if it is upgraded and handed to the application.
+pub(crate) fn spawn<IO, S>(
+    io: IO,
+    peer: Option<SocketAddr>,
+    tls: bool,
+    service: S,
+    shared: &'static Shared,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
@@ -33,26 +38,29 @@ where
         shared.io_timeout,
     );
     tokio::spawn(async move {
-        if !shared.proxy_protocol {
-            let io = TokioIo::new(Prefixed::new(Vec::new(), io));
-            return serve(io, ClientAddr::of(peer, None), service, shared).await;
-        }
-        match proxy_protocol::read(&mut io, shared.idle_timeout).await {
-            Ok((source, rest)) => {
-                let io = TokioIo::new(Prefixed::new(rest, io));
-                serve(io, ClientAddr::of(peer, source), service, shared).await;
+        let (source, rest) = if shared.proxy_protocol {
+            match proxy_protocol::read(&mut io, shared.idle_timeout).await {
+                Ok(header) => header,
+                Err(why) => return debug!("closing a connection without a PROXY header: {why}"),
             }
-            Err(why) => debug!("closing a connection without a PROXY header: {why}"),
+        } else {
+            (None, Vec::new())
+        };
+        let io = Prefixed::new(rest, io);
+        let client = ClientAddr::of(peer, source);
+        // The listener serves TLS only when the worker has an acceptor: see `Shared::tls`.
+        match shared.tls.as_ref().filter(|_| tls) {
+            None => serve(TokioIo::new(io), client, service, shared).await,
+            Some(acceptor) => match tls::handshake(acceptor, io, shared.idle_timeout).await {
+                Ok(stream) => serve(TokioIo::new(stream), client, service, shared).await,
+                Err(why) => debug!("closing a connection: {why}"),
+            },
         }
     });
 }
 
-async fn serve<IO, S>(
-    io: TokioIo<Prefixed<Tracked<IO>>>,
-    client: ClientAddr,
-    service: S,
-    shared: &'static Shared,
-) where
+async fn serve<IO, S>(io: TokioIo<IO>, client: ClientAddr, service: S, shared: &'static Shared)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {

@@ -15,6 +15,7 @@ mod room;
 mod service;
 mod shed;
 mod stop;
+mod tls;
 mod tracked;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -95,6 +96,9 @@ pub(crate) struct Shared {
     trusted: TrustedProxies,
     /// Every connection starts with a PROXY protocol header.
     proxy_protocol: bool,
+    /// The TLS acceptor of the `https://` listeners, built by this worker from the files its
+    /// configuration loaded; `None` when there is no certificate (and then no TLS listener).
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -216,6 +220,13 @@ where
             return exit::FAILURE;
         }
     };
+    let tls = match config.tls.as_ref().map(tls::acceptor).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            error!("{me}: cannot set up TLS: {e}");
+            return exit::FAILURE;
+        }
+    };
     let mut stops = match Stops::new(
         Arc::clone(&channel),
         config.shutdown_delay,
@@ -248,6 +259,7 @@ where
         meter: (!config.metrics_bind.is_empty()).then_some(meter),
         trusted: config.forwarded_allow_ips.clone(),
         proxy_protocol: config.proxy_protocol,
+        tls,
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));

@@ -391,7 +391,25 @@ fn example_documents_every_option_and_is_valid(example: &str, command: &str, che
     let dir = tempfile::tempdir().unwrap();
     let all = dir.path().join("all-options.toml");
     fs::write(&all, &uncommented).unwrap();
-    let out = check(&all, &[], check_args);
+    // The example's TLS files are where a server keeps them; files made here stand in for
+    // them, given on the command line, which overrides the file.
+    let mut args: Vec<String> = Vec::new();
+    if command == "serve" {
+        let authority = crate::support::certs::Authority::new("example CA");
+        let files = authority.server(1, 30).write(dir.path(), "server");
+        let ca = dir.path().join("ca.pem");
+        fs::write(&ca, authority.pem()).unwrap();
+        for (flag, path) in [
+            ("--certfile", &files.cert),
+            ("--keyfile", &files.key),
+            ("--ca-certs", &ca),
+        ] {
+            args.extend([flag.to_string(), path.display().to_string()]);
+        }
+    }
+    args.extend(check_args.iter().map(ToString::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = check(&all, &[], &args);
     assert!(
         out.status.success(),
         "{example} with every `# name = value` line uncommented does not pass prefork check \

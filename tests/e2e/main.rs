@@ -23,6 +23,7 @@ mod stalls;
 mod static_root;
 mod storms;
 mod supervise;
+mod tls;
 mod upgrade;
 
 // Shared with the benchmark; `pub` so that what only the benchmark uses is not dead code here.

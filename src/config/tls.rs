@@ -1,0 +1,242 @@
+//! The TLS files (`--certfile`, `--keyfile`, `--ca-certs`): read and checked where the rest of
+//! the configuration is, at start, by `check` and at every reload, so that a certificate that
+//! does not load stops the start (exit status 2) or fails the reload with the old workers left
+//! serving. The master reads them before it forks, as nginx does: the workers may run as a user
+//! that cannot read the key. Each worker builds its TLS acceptor from what is loaded here.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ProducesTickets, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+
+use super::Source;
+
+/// How soon before its end a certificate is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Whether clients must present a certificate signed by `--ca-certs` (mutual TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientCerts {
+    /// No certificate is asked for.
+    None,
+    /// A certificate is asked for; a client without one is served, one with a bad one refused.
+    Optional,
+    /// A client without a valid certificate is refused in the handshake.
+    Required,
+}
+
+impl ClientCerts {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "none" => Ok(ClientCerts::None),
+            "optional" => Ok(ClientCerts::Optional),
+            "required" => Ok(ClientCerts::Required),
+            _ => Err("expected none, optional or required".to_string()),
+        }
+    }
+}
+
+/// A file named by an option, with where it was named.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFile {
+    pub(crate) path: PathBuf,
+    pub(crate) source: Source,
+}
+
+impl fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.path.display(), self.source)
+    }
+}
+
+/// The TLS options as given.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsFiles {
+    pub(crate) certfile: Option<TlsFile>,
+    pub(crate) keyfile: Option<TlsFile>,
+    pub(crate) ca_certs: Option<TlsFile>,
+    /// `None` when not given: required with `ca_certs`, none without.
+    pub(crate) client_certs: Option<ClientCerts>,
+}
+
+/// What the workers' acceptors are built from, loaded and checked.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) provider: Arc<CryptoProvider>,
+    pub(crate) certified: Arc<CertifiedKey>,
+    /// With `--ca-certs`: checks client certificates.
+    pub(crate) client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Made once, before the workers fork, so that every worker of a generation encrypts
+    /// session tickets with the same key: a client resumes its session on whichever worker
+    /// accepts its next connection.
+    pub(crate) ticketer: Arc<dyn ProducesTickets>,
+    /// When the certificate ends, for the warning a fortnight before.
+    pub(crate) not_after: SystemTime,
+    pub(crate) certfile: PathBuf,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("certfile", &self.certfile)
+            .field("not_after", &self.not_after)
+            .field("client_verifier", &self.client_verifier.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The crypto provider: aws-lc-rs, rustls's default, the faster of the two on handshakes and
+/// bulk encryption; it builds with a C compiler alone (no cmake) on Linux.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TlsFiles {
+    /// Whether TLS is configured at all.
+    pub(crate) fn given(&self) -> bool {
+        self.certfile.is_some() || self.keyfile.is_some()
+    }
+
+    /// Reads and checks the files; each error is one line naming the file and the problem.
+    pub(crate) fn load(&self) -> Result<Tls, String> {
+        let (certfile, keyfile) = match (&self.certfile, &self.keyfile) {
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(cert), None) => {
+                return Err(format!("certfile {cert} is given without a keyfile"));
+            }
+            (None, Some(key)) => return Err(format!("keyfile {key} is given without a certfile")),
+            (None, None) => return Err("no certfile and keyfile are given".to_string()),
+        };
+        let provider = provider();
+        let chain = certificates(certfile)?;
+        let key = PrivateKeyDer::from_pem_file(&keyfile.path).map_err(|e| {
+            format!("keyfile {keyfile}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")
+        })?;
+        let not_after = validity(certfile, &chain[0])?;
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                format!("keyfile {keyfile} does not match the certificate in {certfile}")
+            }
+            e => format!("keyfile {keyfile}: {e}"),
+        })?;
+        let client_certs = self.client_certs.unwrap_or(if self.ca_certs.is_some() {
+            ClientCerts::Required
+        } else {
+            ClientCerts::None
+        });
+        let client_verifier = match (client_certs, &self.ca_certs) {
+            (ClientCerts::None, _) => None,
+            (_, None) => {
+                return Err("client_certs optional or required needs --ca-certs".to_string());
+            }
+            (mode, Some(ca)) => Some(client_verifier(ca, mode, &provider)?),
+        };
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| format!("cannot make a session ticket key: {e}"))?;
+        Ok(Tls {
+            provider,
+            certified: Arc::new(certified),
+            client_verifier,
+            ticketer,
+            not_after,
+            certfile: certfile.path.clone(),
+        })
+    }
+}
+
+impl Tls {
+    /// A warning when the certificate ends within [`EXPIRY_WARNING`].
+    pub(crate) fn expiry_warning(&self) -> Option<String> {
+        let left = self
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        (left < EXPIRY_WARNING).then(|| {
+            format!(
+                "the certificate in {} expires in {} day(s), on {}",
+                self.certfile.display(),
+                left.as_secs() / 86_400,
+                date(self.not_after)
+            )
+        })
+    }
+}
+
+/// Every certificate in a PEM file, the server's own first.
+fn certificates(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text =
+        std::fs::read(&file.path).map_err(|e| format!("certfile {file}: cannot read: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certfile {file}: not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("certfile {file}: no PEM certificate in it"));
+    }
+    Ok(chain)
+}
+
+/// The end of the certificate's validity, refused when it has passed or not yet begun.
+fn validity(file: &TlsFile, cert: &CertificateDer<'_>) -> Result<SystemTime, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("certfile {file}: not an X.509 certificate: {e}"))?;
+    let validity = parsed.validity();
+    let at = |seconds: i64| UNIX_EPOCH + Duration::from_secs(seconds.max(0).unsigned_abs());
+    let (not_before, not_after) = (
+        at(validity.not_before.timestamp()),
+        at(validity.not_after.timestamp()),
+    );
+    let now = SystemTime::now();
+    if now > not_after {
+        return Err(format!(
+            "certfile {file}: the certificate expired on {}",
+            date(not_after)
+        ));
+    }
+    if now < not_before {
+        return Err(format!(
+            "certfile {file}: the certificate is not valid before {}",
+            date(not_before)
+        ));
+    }
+    Ok(not_after)
+}
+
+fn client_verifier(
+    ca: &TlsFile,
+    mode: ClientCerts,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let text = std::fs::read(&ca.path).map_err(|e| format!("ca_certs {ca}: cannot read: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&text) {
+        let cert = cert.map_err(|e| format!("ca_certs {ca}: not a PEM certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("ca_certs {ca}: unusable certificate: {e}"))?;
+    }
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+    let builder = if mode == ClientCerts::Optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| format!("ca_certs {ca}: {e}"))
+}
+
+/// `2026-05-01 12:00:00 UTC`.
+fn date(at: SystemTime) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from(at)
+        .format(format)
+        .unwrap_or_else(|_| format!("{at:?}"))
+}
