@@ -2,16 +2,16 @@
 //! exact at its edge, refusals are 4xx, an HTTP/1 connection is closed after one, and the
 //! worker that refused keeps serving. Requests are written byte for byte on raw sockets.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
 
 use super::h2;
+use super::h2_frames as frames;
 use super::http::{Conn, Response};
-use super::support::{Bin, PATIENCE, Server};
+use super::support::{Bin, Server};
 
 /// How long a refused connection may stay open before the test calls it not closed.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
@@ -249,115 +249,6 @@ fn http2_header_list_too_large_is_refused_and_the_connection_serves_on() {
 }
 
 /// HTTP/2 frames written by hand, for what a well-behaved client library will not send.
-mod frames {
-    use super::*;
-
-    pub const HEADERS: u8 = 0x1;
-    pub const RST_STREAM: u8 = 0x3;
-    pub const SETTINGS: u8 = 0x4;
-    pub const GOAWAY: u8 = 0x7;
-    pub const CONTINUATION: u8 = 0x9;
-    pub const END_STREAM: u8 = 0x1;
-    pub const END_HEADERS: u8 = 0x4;
-    pub const ACK: u8 = 0x1;
-    /// SETTINGS_MAX_CONCURRENT_STREAMS.
-    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-    /// Error codes: REFUSED_STREAM, ENHANCE_YOUR_CALM.
-    pub const REFUSED_STREAM: u32 = 0x7;
-    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-    pub struct Frame {
-        pub kind: u8,
-        pub stream: u32,
-        pub payload: Vec<u8>,
-    }
-
-    /// A connection that has sent the preface and an empty SETTINGS frame.
-    pub fn connect(addr: SocketAddr) -> TcpStream {
-        let mut tcp = TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
-        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-        write(&mut tcp, SETTINGS, 0, 0, &[]);
-        tcp
-    }
-
-    pub fn write(tcp: &mut TcpStream, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-        try_write(tcp, kind, flags, stream, payload).unwrap();
-    }
-
-    /// Like [`write`], for a server that may close the connection meanwhile.
-    pub fn try_write(
-        tcp: &mut TcpStream,
-        kind: u8,
-        flags: u8,
-        stream: u32,
-        payload: &[u8],
-    ) -> std::io::Result<()> {
-        let len = payload.len() as u32;
-        let mut frame = len.to_be_bytes()[1..].to_vec();
-        frame.extend([kind, flags]);
-        frame.extend(stream.to_be_bytes());
-        frame.extend(payload);
-        tcp.write_all(&frame)
-    }
-
-    /// The next frame, or `None` once the server closed the connection.
-    pub fn read(tcp: &mut TcpStream) -> Option<Frame> {
-        let mut head = [0u8; 9];
-        tcp.read_exact(&mut head).ok()?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        tcp.read_exact(&mut payload).ok()?;
-        Some(Frame {
-            kind: head[3],
-            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
-            payload,
-        })
-    }
-
-    /// An HPACK integer with an `n`-bit prefix whose other bits are `first`.
-    fn integer(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
-        let max = (1usize << n) - 1;
-        if value < max {
-            out.push(first | value as u8);
-            return;
-        }
-        out.push(first | max as u8);
-        value -= max;
-        while value >= 128 {
-            out.push((value % 128) as u8 | 0x80);
-            value /= 128;
-        }
-        out.push(value as u8);
-    }
-
-    fn string(out: &mut Vec<u8>, text: &str) {
-        integer(out, 0, 7, text.len());
-        out.extend(text.as_bytes());
-    }
-
-    /// `GET path` for authority `test`: HPACK with the static table and literals only, so no
-    /// state is shared between blocks.
-    pub fn get(path: &str) -> Vec<u8> {
-        // :method GET, :scheme http (static table entries 2 and 6).
-        let mut block = vec![0x82, 0x86];
-        // :path and :authority, literal values without indexing, names from the table.
-        integer(&mut block, 0, 4, 4);
-        string(&mut block, path);
-        integer(&mut block, 0, 4, 1);
-        string(&mut block, "test");
-        block
-    }
-
-    /// A header field `name: value` as a literal without indexing.
-    pub fn field(name: &str, value: &str) -> Vec<u8> {
-        let mut out = vec![0];
-        string(&mut out, name);
-        string(&mut out, value);
-        out
-    }
-}
-
 #[test]
 fn http2_continuation_flood_is_refused_and_the_worker_serves_on() {
     let (server, _root) = start(&[]);
