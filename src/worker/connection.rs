@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::Shared;
 use super::activity::Activity;
+use super::h2_flood::FloodGuard;
 use super::service::HyperService;
 use super::tracked::Tracked;
 use crate::application::AppService;
@@ -21,7 +22,7 @@ where
     S: AppService,
 {
     let io = TokioIo::new(Tracked::new(
-        io,
+        FloodGuard::new(io, &shared.floods),
         shared.tracker.token(),
         shared.seat,
         &shared.room,

@@ -4,6 +4,8 @@ mod accept;
 mod activity;
 mod channel;
 mod connection;
+mod h2_flood;
+mod h2_frames;
 mod heap;
 mod room;
 mod service;
@@ -78,6 +80,8 @@ pub(crate) struct Shared {
     io_timeout: Duration,
     /// The worker's slot, for its log lines.
     slot: usize,
+    /// HTTP/2 connections cut for flooding, reported at most once a second.
+    floods: h2_flood::Floods,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -225,6 +229,7 @@ where
         room: room::Room::new(config.worker_connections),
         io_timeout: config.io_timeout,
         slot,
+        floods: h2_flood::Floods::new(me),
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));

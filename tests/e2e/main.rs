@@ -6,6 +6,7 @@ mod deploy;
 mod docs;
 mod drain;
 mod h2;
+mod h2_floods;
 mod h2_frames;
 mod http;
 mod layers;
