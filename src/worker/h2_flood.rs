@@ -55,8 +55,9 @@ enum State {
     Sniffing(usize),
     /// Boxed: HTTP/1 connections, the most numerous, do not carry it.
     Http2(Box<Http2>),
-    /// A flood was found; the GOAWAY is being written, and then every call fails.
-    Cutting(Cut),
+    /// A flood was found; the GOAWAY is being written, and then every call fails. Boxed, as
+    /// is `Http2`: every connection carries this enum.
+    Cutting(Box<Cut>),
     /// Not HTTP/2: passed through.
     Off,
 }
@@ -153,7 +154,7 @@ impl Http2 {
         });
     }
 
-    fn cut(&self) -> Cut {
+    fn cut(&self) -> Box<Cut> {
         debug!(
             "closing an HTTP/2 connection that sent {BUDGET} PING or SETTINGS frames more than \
              it was sent responses within {WINDOW:?} (GOAWAY ENHANCE_YOUR_CALM)"
@@ -172,7 +173,7 @@ impl Http2 {
         } else {
             goaway.len()
         };
-        Cut { goaway, written }
+        Box::new(Cut { goaway, written })
     }
 }
 
