@@ -57,6 +57,18 @@ impl Frames {
                     return;
                 }
             }
+            if self.have == 0 && bytes.len() >= HEADER {
+                // The usual case, a frame's start whole in these bytes, without copying it.
+                let len = payload_len(bytes);
+                let peeked = len.min(PEEK);
+                if bytes.len() >= HEADER + peeked {
+                    seen(&Frame::new(&bytes[..HEADER + peeked]));
+                    let n = (HEADER + len).min(bytes.len());
+                    self.skip = HEADER + len - n;
+                    bytes = &bytes[n..];
+                    continue;
+                }
+            }
             let wanted = self.wanted();
             let n = (wanted - self.have).min(bytes.len());
             self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
@@ -73,17 +85,8 @@ impl Frames {
                 }
                 continue;
             }
-            let peeked = wanted - HEADER;
-            let mut peek = [0; PEEK];
-            peek[..peeked].copy_from_slice(&self.head[HEADER..wanted]);
-            seen(&Frame {
-                kind: self.head[3],
-                flags: self.head[4],
-                stream: word(&self.head[5..]) & 0x7fff_ffff,
-                peek,
-                peeked,
-            });
-            self.skip = self.payload_len() - peeked;
+            seen(&Frame::new(&self.head[..wanted]));
+            self.skip = payload_len(&self.head) - (wanted - HEADER);
             self.have = 0;
         }
     }
@@ -99,14 +102,31 @@ impl Frames {
         if self.have < HEADER {
             HEADER
         } else {
-            HEADER + self.payload_len().min(PEEK)
+            HEADER + payload_len(&self.head).min(PEEK)
         }
     }
+}
 
-    /// The payload length in the header; only once the header is complete.
-    fn payload_len(&self) -> usize {
-        usize::from(self.head[0]) << 16 | usize::from(self.head[1]) << 8 | usize::from(self.head[2])
+impl Frame {
+    /// The frame whose header and peeked payload are `head`.
+    fn new(head: &[u8]) -> Frame {
+        let mut peek = [0; PEEK];
+        for (to, from) in peek.iter_mut().zip(&head[HEADER..]) {
+            *to = *from;
+        }
+        Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: word(&head[5..]) & 0x7fff_ffff,
+            peek,
+            peeked: head.len() - HEADER,
+        }
     }
+}
+
+/// The payload length in a frame header, which `head` starts with.
+fn payload_len(head: &[u8]) -> usize {
+    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2])
 }
 
 /// A big-endian 32-bit word at the start of `bytes`, which holds at least four.
