@@ -9,6 +9,10 @@ mod sink;
 use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
 use crate::Error;
 use crate::config::{LogFormat, LogTarget, Source};
 use sink::{Sink, describe, to_stderr};
@@ -45,11 +49,30 @@ pub(crate) fn init(settings: &Settings) -> Result<(), Error> {
         .with_max_level(settings.level)
         .with_writer(|| ErrorLogWriter)
         .with_target(false);
+    let not_the_clients =
+        filter_fn(|event| !from_a_client(event)).with_max_level_hint(settings.level);
     let _ = match settings.format {
-        LogFormat::Text => builder.with_ansi(colour).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(colour)
+            .finish()
+            .with(not_the_clients)
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .finish()
+            .with(not_the_clients)
+            .try_init(),
     };
     Ok(())
+}
+
+/// h2's warnings, which are all about what a client did (too many streams reset, a PING
+/// acknowledged that was never sent): one per connection or even per frame, at the client's
+/// will, and without the worker's name. They are left out; the worker logs such a
+/// connection's end at debug and counts the floods it cuts in a line at most once a second.
+fn from_a_client(event: &tracing::Metadata<'_>) -> bool {
+    *event.level() == tracing::Level::WARN && event.target().starts_with("h2::")
 }
 
 /// Reopens every log file of this process (SIGUSR1 in the master, a message in a worker).

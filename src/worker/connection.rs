@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::activity::Activity;
+use super::h2_flood::FloodGuard;
 use super::proxy_protocol::{self, Prefixed};
 use super::service::HyperService;
 use super::tracked::Tracked;
@@ -50,20 +51,23 @@ pub(crate) fn spawn<IO, S>(
         let client = ClientAddr::of(peer, source);
         // The listener serves TLS only when the worker has an acceptor: see `Shared::tls`.
         match shared.tls.as_ref().filter(|_| tls) {
-            None => serve(TokioIo::new(io), client, service, shared).await,
+            None => serve(io, client, service, shared).await,
             Some(acceptor) => match tls::handshake(acceptor, io, shared.idle_timeout).await {
-                Ok(stream) => serve(TokioIo::new(stream), client, service, shared).await,
+                Ok(stream) => serve(stream, client, service, shared).await,
                 Err(why) => debug!("closing a connection: {why}"),
             },
         }
     });
 }
 
-async fn serve<IO, S>(io: TokioIo<IO>, client: ClientAddr, service: S, shared: &'static Shared)
+/// Serves HTTP on `io`, the connection's bytes in clear: after the PROXY header and the TLS
+/// handshake, where the HTTP/2 flood guard can read the frames.
+async fn serve<IO, S>(io: IO, client: ClientAddr, service: S, shared: &'static Shared)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
+    let io = TokioIo::new(FloodGuard::new(io, &shared.floods));
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
     let service = HyperService::new(service, shared, Arc::clone(&activity), client);

@@ -6,6 +6,8 @@ mod channel;
 mod connection;
 mod flow;
 mod forwarded;
+mod h2_flood;
+mod h2_frames;
 mod heap;
 mod metrics;
 mod proxy_protocol;
@@ -99,6 +101,8 @@ pub(crate) struct Shared {
     /// The TLS acceptor of the `https://` listeners, built by this worker from the files its
     /// configuration loaded; `None` when there is no certificate (and then no TLS listener).
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTP/2 connections cut for flooding, reported at most once a second.
+    floods: h2_flood::Floods,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -260,6 +264,7 @@ where
         trusted: config.forwarded_allow_ips.clone(),
         proxy_protocol: config.proxy_protocol,
         tls,
+        floods: h2_flood::Floods::new(me),
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));

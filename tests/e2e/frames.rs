@@ -1,4 +1,5 @@
-//! HTTP/2 frames written by hand, for what a well-behaved client library will not send.
+//! HTTP/2 frames written and read byte for byte on a raw socket, for the tests that send what
+//! no well-behaved client would: floods, resets, stalled windows, header blocks that never end.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +20,8 @@ pub const ACK: u8 = 0x1;
 pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 /// SETTINGS_INITIAL_WINDOW_SIZE.
 pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
-/// Error codes: REFUSED_STREAM, ENHANCE_YOUR_CALM.
+/// Error codes: CANCEL, REFUSED_STREAM, ENHANCE_YOUR_CALM.
+pub const CANCEL: u32 = 0x8;
 pub const REFUSED_STREAM: u32 = 0x7;
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
@@ -60,12 +62,17 @@ pub fn try_write(
     stream: u32,
     payload: &[u8],
 ) -> std::io::Result<()> {
+    tcp.write_all(&encode(kind, flags, stream, payload))
+}
+
+/// A frame's bytes, for writing several at once.
+pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut frame = len.to_be_bytes()[1..].to_vec();
     frame.extend([kind, flags]);
     frame.extend(stream.to_be_bytes());
     frame.extend(payload);
-    tcp.write_all(&frame)
+    frame
 }
 
 /// The next frame, or `None` once the server closed the connection.
@@ -81,6 +88,17 @@ pub fn read(tcp: &mut TcpStream) -> Option<Frame> {
         stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
         payload,
     })
+}
+
+impl Frame {
+    /// A GOAWAY's last stream id and error code.
+    pub fn goaway(&self) -> Option<(u32, u32)> {
+        let word = |at: usize| {
+            let bytes = self.payload.get(at..at + 4)?;
+            Some(u32::from_be_bytes(bytes.try_into().ok()?))
+        };
+        (self.kind == GOAWAY).then_some((word(0)? & 0x7fff_ffff, word(4)?))
+    }
 }
 
 /// An HPACK integer with an `n`-bit prefix whose other bits are `first`.

@@ -9,6 +9,7 @@ mod docs;
 mod drain;
 mod frames;
 mod h2;
+mod h2_floods;
 mod http;
 mod layers;
 mod limits;
