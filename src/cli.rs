@@ -61,7 +61,7 @@ fn arg(opt: &Opt) -> Arg {
         .env(opt.env())
         .help(format!("{} [default: {default}]", opt.help))
         .value_hint(match opt.kind {
-            Kind::File => ValueHint::FilePath,
+            Kind::File | Kind::Files => ValueHint::FilePath,
             Kind::Dir => ValueHint::DirPath,
             // Numbers are typed, not completed; addresses may be unix socket paths.
             Kind::Count | Kind::Duration | Kind::Flag => ValueHint::Other,
@@ -72,6 +72,9 @@ fn arg(opt: &Opt) -> Arg {
     }
     if opt.kind == Kind::Addrs {
         arg = arg.action(ArgAction::Append).value_delimiter(',');
+    }
+    if opt.kind == Kind::Files {
+        arg = arg.action(ArgAction::Append);
     }
     if opt.kind == Kind::Flag {
         // A value only after `=`, so that the flag never takes the next argument as its own.

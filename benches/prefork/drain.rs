@@ -142,7 +142,7 @@ fn open_idle(b: &Bench, addr: SocketAddr, conns: usize) -> Vec<SendRequest<Empty
         futures_util::stream::iter(0..conns)
             .map(|_| async move {
                 for _ in 0..3 {
-                    if let Some((mut tx, conn)) = connect(addr).await {
+                    if let Some((mut tx, conn, _)) = connect(addr, None).await {
                         tokio::spawn(conn);
                         if get_ok(&mut tx, "/").await {
                             return Some(tx);

@@ -14,7 +14,9 @@
 //! rest, requests lost), `references` (the servers users would pick instead: static files
 //! against nginx and h2o, started by the benchmark when installed, and apps against a bare
 //! hyper `service_fn` in one process; HTTP/1.1, and HTTP/2 by prior knowledge with h2load;
-//! requests per second and per CPU-second of the server's processes).
+//! requests per second and per CPU-second of the server's processes), `tls` (against nginx
+//! with the same certificate: HTTP/1.1 keep-alive, new connections with full and resumed
+//! handshakes, HTTP/2 by ALPN with h2load).
 //!
 //! Settings, from the environment:
 //!
@@ -38,6 +40,7 @@ mod references;
 mod report;
 mod server;
 mod throughput;
+mod tls;
 mod upgrade;
 
 // Shared with the end-to-end tests; `pub` so that what only the tests use is not dead code here.
@@ -49,7 +52,7 @@ use std::time::Duration;
 use load::Generator;
 use report::Table;
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "throughput",
     "static",
     "process",
@@ -57,6 +60,7 @@ const SECTIONS: [&str; 7] = [
     "drain",
     "upgrade",
     "references",
+    "tls",
 ];
 
 /// Everything a section needs: the settings and a runtime for the drain section's idle
@@ -208,6 +212,9 @@ fn main() {
     }
     if run("references") {
         show(references::references(&bench));
+    }
+    if run("tls") {
+        show(tls::tls(&bench));
     }
 
     let mut summary = Table::new("Targets");

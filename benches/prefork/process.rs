@@ -78,6 +78,7 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
             duration: b.secs,
             tally: false,
             server: server.processes(),
+            tls: None,
         };
         load::measure(Generator::Rust, b.client_threads, &spec).peak_mem
     };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::load::Mode;
-use crate::server::probe;
+use crate::server::probe as probe_once;
 use crate::support::{Builder, Server};
 use crate::throughput::Side;
 
@@ -75,6 +75,7 @@ impl Reference {
                 self.http1
             },
             server: &self.server,
+            tls: None,
         }
     }
 }
@@ -87,14 +88,7 @@ pub fn start(
     root: &Path,
     probe_path: &str,
 ) -> Result<Reference, String> {
-    let program = find(kind.name()).ok_or_else(|| {
-        format!(
-            "{} is not installed (apt-get install {})",
-            kind.name(),
-            kind.package()
-        )
-    })?;
-    let version = version(&program);
+    let program = installed(kind)?;
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let http1 = free_port()?;
     let (h2c, config, args) = match kind {
@@ -102,16 +96,11 @@ pub fn start(
             let h2c = free_port()?;
             let config = dir.path().join("nginx.conf");
             let text = nginx_config(workers, dir.path(), root, http1, h2c);
-            let args = vec![
-                "-p".to_string(),
-                path_text(dir.path())?,
-                "-c".to_string(),
-                path_text(&config)?,
-                // Its early errors too go to stderr, not to a log under its compiled-in prefix.
-                "-e".to_string(),
-                "stderr".to_string(),
-            ];
-            (h2c, (config, text), args)
+            (
+                h2c,
+                (config.clone(), text),
+                nginx_args(dir.path(), &config)?,
+            )
         }
         Kind::H2o => {
             let config = dir.path().join("h2o.conf");
@@ -121,27 +110,93 @@ pub fn start(
         }
     };
     std::fs::write(&config.0, config.1).map_err(|e| format!("write {:?}: {e}", config.0))?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut server = Builder::wrapped_path(&[], &program)
-        .without_bind()
-        .args(&args)
-        .spawn_program();
-    server.addr = http1;
-    server.wait_until(
-        format!("{} answering GET {probe_path}", kind.name()),
-        || {
-            probe(http1, probe_path, Duration::from_secs(1))
-                .ok()
-                .filter(|(status, _)| *status == 200)
-        },
-    );
+    let server = launch(kind, &program, &args, http1, probe_path);
     Ok(Reference {
-        version,
+        version: version(&program),
         server,
         http1,
         h2c,
         _dir: dir,
     })
+}
+
+/// nginx serving `Hello, World!` to `GET /` over TLS, HTTP/1.1 and HTTP/2 chosen by ALPN on
+/// one listener, as prefork's `https://` addresses do.
+pub struct TlsReference {
+    pub version: String,
+    pub server: Server,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+/// Starts nginx with `workers` workers, the certificate chain `cert` and its key `key`, and
+/// waits until it answers on a cleartext port of its own (the TLS one is checked by the
+/// caller's client); `Err` says why it is not there.
+pub fn start_nginx_tls(workers: usize, cert: &Path, key: &Path) -> Result<TlsReference, String> {
+    let program = installed(Kind::Nginx)?;
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let (probe, addr) = (free_port()?, free_port()?);
+    let config = dir.path().join("nginx.conf");
+    let text = nginx_tls_config(workers, dir.path(), probe, addr, cert, key);
+    std::fs::write(&config, text).map_err(|e| format!("write {config:?}: {e}"))?;
+    let args = nginx_args(dir.path(), &config)?;
+    let server = launch(Kind::Nginx, &program, &args, probe, "/");
+    Ok(TlsReference {
+        version: version(&program),
+        server,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// Where `kind` is installed, or why it cannot run.
+fn installed(kind: Kind) -> Result<PathBuf, String> {
+    find(kind.name()).ok_or_else(|| {
+        format!(
+            "{} is not installed (apt-get install {})",
+            kind.name(),
+            kind.package()
+        )
+    })
+}
+
+/// nginx's arguments: its prefix, its config, and its early errors to stderr rather than to a
+/// log under its compiled-in prefix.
+fn nginx_args(prefix: &Path, config: &Path) -> Result<Vec<String>, String> {
+    Ok(vec![
+        "-p".to_string(),
+        path_text(prefix)?,
+        "-c".to_string(),
+        path_text(config)?,
+        "-e".to_string(),
+        "stderr".to_string(),
+    ])
+}
+
+/// Runs `program` under the guard and waits until it answers `GET probe_path` on `probe` with
+/// 200.
+fn launch(
+    kind: Kind,
+    program: &Path,
+    args: &[String],
+    probe: SocketAddr,
+    probe_path: &str,
+) -> Server {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Builder::wrapped_path(&[], program)
+        .without_bind()
+        .args(&args)
+        .spawn_program();
+    server.addr = probe;
+    server.wait_until(
+        format!("{} answering GET {probe_path}", kind.name()),
+        || {
+            probe_once(probe, probe_path, Duration::from_secs(1))
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        },
+    );
+    server
 }
 
 /// `program` on the PATH, or in the sbin directories, where Debian puts nginx and which a
@@ -204,6 +259,55 @@ fn nginx_config(
     http1: SocketAddr,
     h2c: SocketAddr,
 ) -> String {
+    nginx_conf(
+        workers,
+        prefix,
+        &format!(
+            "    sendfile on;
+    server {{
+        listen {http1};
+        listen {h2c} http2;
+        root {root};
+    }}",
+            root = root.display()
+        ),
+    )
+}
+
+/// nginx answering `GET /` with `Hello, World!` (as `examples/bare.rs` does) on `probe` in
+/// cleartext and on `tls` over TLS 1.2 or 1.3 with ALPN h2 and http/1.1; session tickets and
+/// the rest as by default.
+fn nginx_tls_config(
+    workers: usize,
+    prefix: &Path,
+    probe: SocketAddr,
+    tls: SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> String {
+    nginx_conf(
+        workers,
+        prefix,
+        &format!(
+            "    server {{
+        listen {probe};
+        listen {tls} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location = / {{
+            return 200 \"Hello, World!\";
+        }}
+    }}",
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )
+}
+
+/// An nginx config with `workers` workers under `prefix`, no access log, keep-alive
+/// connections never closed for their number of requests, and `http` inside its `http` block.
+fn nginx_conf(workers: usize, prefix: &Path, http: &str) -> String {
     let prefix = prefix.display();
     // A master running as root starts its workers as `nobody`, which could not read a
     // temporary directory only its owner may enter.
@@ -224,7 +328,6 @@ events {{
 }}
 http {{
     access_log off;
-    sendfile on;
     keepalive_requests 1000000;
     default_type application/octet-stream;
     client_body_temp_path {prefix}/client_body;
@@ -232,14 +335,9 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    server {{
-        listen {http1};
-        listen {h2c} http2;
-        root {root};
-    }}
+{http}
 }}
-",
-        root = root.display()
+"
     )
 }
 

@@ -43,7 +43,7 @@ fn conns(b: &Bench, mode: Mode) -> usize {
 
 /// Requests/s and requests per CPU-second of the server, with `at_least` as the target of
 /// both ratios when given; the failed requests; the per-round ratios in a note.
-fn rows(table: &mut Table, label: &str, pairs: &[Pair], at_least: Option<f64>) {
+pub fn rows(table: &mut Table, label: &str, pairs: &[Pair], at_least: Option<f64>) {
     table.row(compare(
         format!("{label}: requests/s"),
         pairs,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tempfile::TempDir;
+use tokio_rustls::TlsConnector;
 
 use crate::Bench;
 use crate::load::{self, Generator, Mode, Spec, Stats};
@@ -24,6 +25,8 @@ pub struct Pair {
 pub struct Side<'a> {
     pub addr: SocketAddr,
     pub server: &'a Server,
+    /// Over TLS with this client, or in cleartext.
+    pub tls: Option<&'a TlsConnector>,
 }
 
 impl<'a> From<&'a Server> for Side<'a> {
@@ -31,6 +34,7 @@ impl<'a> From<&'a Server> for Side<'a> {
         Side {
             addr: server.addr,
             server,
+            tls: None,
         }
     }
 }
@@ -57,6 +61,7 @@ pub fn alternate<'a>(
             duration: b.secs,
             tally: false,
             server: side.server.processes(),
+            tls: side.tls.cloned(),
         };
         load::measure(b.generator, b.client_threads, &spec)
     };
@@ -117,10 +122,6 @@ pub fn errors_row(label: &str, pairs: &[Pair]) -> Option<Row> {
 /// Rows for requests/s (with the >= 1.0x target), p50 and p99, and notes on errors and CPU.
 fn rows(table: &mut Table, label: &str, pairs: &[Pair], show_bytes: bool) {
     let pre: Vec<&Stats> = pairs.iter().map(|p| &p.pre).collect();
-    let base: Vec<&Stats> = pairs.iter().map(|p| &p.base).collect();
-    let med = |side: &[&Stats], f: fn(&Stats) -> f64| {
-        median(&side.iter().map(|s| f(s)).collect::<Vec<_>>())
-    };
 
     let rps_ratios = per_round(pairs, Stats::rps);
     table.row(compare(
@@ -159,13 +160,25 @@ fn rows(table: &mut Table, label: &str, pairs: &[Pair], show_bytes: bool) {
             pre.iter().map(|s| spread(s)).collect::<Vec<_>>().join(", ")
         ));
     }
-    let cores = |side: &[&Stats]| (med(side, |s| s.cores().0), med(side, |s| s.cores().1));
-    let ((pc, ps), (bc, bs)) = (cores(&pre), cores(&base));
     table.note(format!(
-        "{label}: requests/s ratio per round {}; CPU cores busy (client + server): prefork \
-         {pc:.2} + {ps:.2}, baseline {bc:.2} + {bs:.2}",
+        "{label}: requests/s ratio per round {}; {}",
         ratios(&rps_ratios),
+        cores(pairs, "baseline")
     ));
+}
+
+/// The median CPU cores busy, client and server, on each side: `CPU cores busy (client +
+/// server): prefork 0.90 + 1.02, baseline 0.85 + 1.10` (the baseline called `base_name`).
+pub fn cores(pairs: &[Pair], base_name: &str) -> String {
+    let med = |side: fn(&Pair) -> &Stats, f: fn(&Stats) -> f64| {
+        median(&pairs.iter().map(|p| f(side(p))).collect::<Vec<_>>())
+    };
+    let cores =
+        |side: fn(&Pair) -> &Stats| (med(side, |s| s.cores().0), med(side, |s| s.cores().1));
+    let ((pc, ps), (bc, bs)) = (cores(|p| &p.pre), cores(|p| &p.base));
+    format!(
+        "CPU cores busy (client + server): prefork {pc:.2} + {ps:.2}, {base_name} {bc:.2} + {bs:.2}"
+    )
 }
 
 /// Checks that `side` answers `GET path` with 200 (and `body`, when given).

@@ -67,6 +67,7 @@ pub fn upgrade(b: &Bench) -> Table {
         // Nothing sampled: the processes change during the upgrade, and at rest the sampling
         // would only make the two measurements differ.
         server: Vec::new(),
+        tls: None,
     };
 
     let mut rounds = Vec::new();

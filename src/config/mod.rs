@@ -497,7 +497,7 @@ impl Config {
 
     /// What deserves a warning in a valid configuration: a certificate about to expire.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        self.tls.iter().filter_map(Tls::expiry_warning).collect()
+        self.tls.iter().flat_map(Tls::expiry_warnings).collect()
     }
 
     /// Checks what can only be checked against the machine, not the text of one value, and

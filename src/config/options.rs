@@ -65,6 +65,8 @@ pub(crate) enum Kind {
     Addrs,
     /// A file path.
     File,
+    /// File paths: the flag repeats (no commas: a path may hold one), TOML takes an array.
+    Files,
     /// A directory path.
     Dir,
     /// Any other text: names, modes, levels, URL paths.
@@ -192,6 +194,19 @@ pub(crate) fn apply_defaults(config: &mut Config) {
 }
 
 /// A file path for a TLS option, remembering where it was given.
+/// [`tls_file`] for each of `values`.
+fn tls_files(values: &[String], source: &Source) -> Result<Vec<TlsFile>, Invalid> {
+    values
+        .iter()
+        .map(|text| {
+            tls_file(text, source).map_err(|reason| Invalid {
+                value: text.clone(),
+                reason,
+            })
+        })
+        .collect()
+}
+
 fn tls_file(text: &str, source: &Source) -> Result<TlsFile, String> {
     if text.is_empty() {
         return Err("expected a file path".to_string());
@@ -560,9 +575,11 @@ pub(crate) static OPTIONS: &[Opt] = &[
         applies: Applies::Serve,
         short: None,
         value_name: "FILE",
-        kind: Kind::File,
+        kind: Kind::Files,
         help: "Serve TLS with this certificate: a PEM file, the server's certificate first, then \
-               its chain. Needs --keyfile.",
+               its chain. Needs --keyfile. Repeat --certfile and --keyfile in pairs for \
+               several certificates, chosen by the name the client asks for (SNI); the first \
+               serves any other name.",
         more: "Read by the master at start and at every reload (HUP), so that a renewed \
                certificate is taken up by a reload and a key readable by root alone suits \
                workers that run as another --user. A file that does not load, a key that does \
@@ -574,8 +591,8 @@ pub(crate) static OPTIONS: &[Opt] = &[
             shown: "none (cleartext)",
             example: "/etc/prefork/fullchain.pem",
         },
-        set: Set::One(|config, text, source| {
-            config.tls_files.certfile = Some(tls_file(text, source)?);
+        set: Set::Many(|config, values, source| {
+            config.tls_files.certfile = tls_files(values, source)?;
             Ok(())
         }),
     },
@@ -584,15 +601,16 @@ pub(crate) static OPTIONS: &[Opt] = &[
         applies: Applies::Serve,
         short: None,
         value_name: "FILE",
-        kind: Kind::File,
-        help: "The private key of --certfile: a PEM file, PKCS#8, PKCS#1 (RSA) or SEC1 (EC).",
+        kind: Kind::Files,
+        help: "The private key of --certfile: a PEM file, PKCS#8, PKCS#1 (RSA) or SEC1 (EC); \
+               one for each --certfile, in the same order.",
         more: "",
         default: Initial::Unset {
             shown: "none",
             example: "/etc/prefork/privkey.pem",
         },
-        set: Set::One(|config, text, source| {
-            config.tls_files.keyfile = Some(tls_file(text, source)?);
+        set: Set::Many(|config, values, source| {
+            config.tls_files.keyfile = tls_files(values, source)?;
             Ok(())
         }),
     },
@@ -992,7 +1010,7 @@ mod tests {
     fn toml_value(kind: Kind, text: &str) -> String {
         match kind {
             Kind::Count | Kind::Flag => text.to_string(),
-            Kind::Addrs => format!("[\"{text}\"]"),
+            Kind::Addrs | Kind::Files => format!("[\"{text}\"]"),
             Kind::Duration | Kind::File | Kind::Dir | Kind::Text => format!("\"{text}\""),
         }
     }

@@ -3,6 +3,8 @@
 //! does not load stops the start (exit status 2) or fails the reload with the old workers left
 //! serving. The master reads them before it forks, as nginx does: the workers may run as a user
 //! that cannot read the key. Each worker builds its TLS acceptor from what is loaded here.
+//! Several certificates (repeated `--certfile`/`--keyfile` pairs) are chosen by the name the
+//! client asks for (SNI) among the DNS names each one holds; the first serves any other name.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ProducesTickets, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use super::Source;
@@ -60,8 +62,9 @@ impl fmt::Display for TlsFile {
 /// The TLS options as given.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsFiles {
-    pub(crate) certfile: Option<TlsFile>,
-    pub(crate) keyfile: Option<TlsFile>,
+    /// Certificates and their keys, paired in the order given.
+    pub(crate) certfile: Vec<TlsFile>,
+    pub(crate) keyfile: Vec<TlsFile>,
     pub(crate) ca_certs: Option<TlsFile>,
     /// `None` when not given: required with `ca_certs`, none without.
     pub(crate) client_certs: Option<ClientCerts>,
@@ -71,23 +74,43 @@ pub(crate) struct TlsFiles {
 #[derive(Clone)]
 pub(crate) struct Tls {
     pub(crate) provider: Arc<CryptoProvider>,
-    pub(crate) certified: Arc<CertifiedKey>,
+    pub(crate) certificates: Arc<Certificates>,
     /// With `--ca-certs`: checks client certificates.
     pub(crate) client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// Made once, before the workers fork, so that every worker of a generation encrypts
     /// session tickets with the same key: a client resumes its session on whichever worker
     /// accepts its next connection.
     pub(crate) ticketer: Arc<dyn ProducesTickets>,
-    /// When the certificate ends, for the warning a fortnight before.
-    pub(crate) not_after: SystemTime,
-    pub(crate) certfile: PathBuf,
+}
+
+/// The loaded certificates, the default one first, chosen by SNI.
+#[derive(Debug)]
+pub(crate) struct Certificates(Vec<Certificate>);
+
+/// A certificate, its key, and what is known of it.
+struct Certificate {
+    certified: Arc<CertifiedKey>,
+    /// The DNS names it holds, lowercase; `*.example.com` for a wildcard.
+    names: Vec<String>,
+    /// When it ends, for the warning a fortnight before.
+    not_after: SystemTime,
+    certfile: PathBuf,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("certfile", &self.certfile)
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tls")
-            .field("certfile", &self.certfile)
-            .field("not_after", &self.not_after)
+            .field("certificates", &self.certificates)
             .field("client_verifier", &self.client_verifier.is_some())
             .finish_non_exhaustive()
     }
@@ -102,31 +125,29 @@ fn provider() -> Arc<CryptoProvider> {
 impl TlsFiles {
     /// Whether TLS is configured at all.
     pub(crate) fn given(&self) -> bool {
-        self.certfile.is_some() || self.keyfile.is_some()
+        !self.certfile.is_empty() || !self.keyfile.is_empty()
     }
 
     /// Reads and checks the files; each error is one line naming the file and the problem.
     pub(crate) fn load(&self) -> Result<Tls, String> {
-        let (certfile, keyfile) = match (&self.certfile, &self.keyfile) {
-            (Some(cert), Some(key)) => (cert, key),
-            (Some(cert), None) => {
-                return Err(format!("certfile {cert} is given without a keyfile"));
+        match (
+            self.certfile.get(self.keyfile.len()),
+            self.keyfile.get(self.certfile.len()),
+        ) {
+            (Some(cert), _) => return Err(format!("certfile {cert} is given without a keyfile")),
+            (_, Some(key)) => return Err(format!("keyfile {key} is given without a certfile")),
+            (None, None) if self.certfile.is_empty() => {
+                return Err("no certfile and keyfile are given".to_string());
             }
-            (None, Some(key)) => return Err(format!("keyfile {key} is given without a certfile")),
-            (None, None) => return Err("no certfile and keyfile are given".to_string()),
-        };
+            (None, None) => {}
+        }
         let provider = provider();
-        let chain = certificates(certfile)?;
-        let key = PrivateKeyDer::from_pem_file(&keyfile.path).map_err(|e| {
-            format!("keyfile {keyfile}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")
-        })?;
-        let not_after = validity(certfile, &chain[0])?;
-        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => {
-                format!("keyfile {keyfile} does not match the certificate in {certfile}")
-            }
-            e => format!("keyfile {keyfile}: {e}"),
-        })?;
+        let certificates = self
+            .certfile
+            .iter()
+            .zip(&self.keyfile)
+            .map(|(certfile, keyfile)| certificate(certfile, keyfile, &provider))
+            .collect::<Result<Vec<_>, _>>()?;
         let client_certs = self.client_certs.unwrap_or(if self.ca_certs.is_some() {
             ClientCerts::Required
         } else {
@@ -143,31 +164,82 @@ impl TlsFiles {
             .map_err(|e| format!("cannot make a session ticket key: {e}"))?;
         Ok(Tls {
             provider,
-            certified: Arc::new(certified),
+            certificates: Arc::new(Certificates(certificates)),
             client_verifier,
             ticketer,
-            not_after,
-            certfile: certfile.path.clone(),
         })
     }
 }
 
 impl Tls {
-    /// A warning when the certificate ends within [`EXPIRY_WARNING`].
-    pub(crate) fn expiry_warning(&self) -> Option<String> {
-        let left = self
-            .not_after
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        (left < EXPIRY_WARNING).then(|| {
-            format!(
-                "the certificate in {} expires in {} day(s), on {}",
-                self.certfile.display(),
-                left.as_secs() / 86_400,
-                date(self.not_after)
-            )
+    /// A warning for each certificate that ends within [`EXPIRY_WARNING`].
+    pub(crate) fn expiry_warnings(&self) -> impl Iterator<Item = String> + '_ {
+        self.certificates.0.iter().filter_map(|cert| {
+            let left = cert
+                .not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            (left < EXPIRY_WARNING).then(|| {
+                format!(
+                    "the certificate in {} expires in {} day(s), on {}",
+                    cert.certfile.display(),
+                    left.as_secs() / 86_400,
+                    date(cert.not_after)
+                )
+            })
         })
     }
+}
+
+impl ResolvesServerCert for Certificates {
+    /// The certificate holding the name the client asked for, else the first.
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            self.0
+                .iter()
+                .find(|cert| cert.names.iter().any(|pattern| matches(pattern, &name)))
+        });
+        chosen
+            .or(self.0.first())
+            .map(|cert| Arc::clone(&cert.certified))
+    }
+}
+
+/// Whether a certificate's DNS name covers `name`: the same name, or a wildcard
+/// `*.example.com` covering one more label (`www.example.com`, not `example.com`).
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => pattern == name,
+    }
+}
+
+/// A certificate chain and its key, checked: readable, matching, within its validity.
+fn certificate(
+    certfile: &TlsFile,
+    keyfile: &TlsFile,
+    provider: &CryptoProvider,
+) -> Result<Certificate, String> {
+    let chain = certificates(certfile)?;
+    let key = PrivateKeyDer::from_pem_file(&keyfile.path).map_err(|e| {
+        format!("keyfile {keyfile}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")
+    })?;
+    let (not_after, names) = validity(certfile, &chain[0])?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("keyfile {keyfile} does not match the certificate in {certfile}")
+        }
+        e => format!("keyfile {keyfile}: {e}"),
+    })?;
+    Ok(Certificate {
+        certified: Arc::new(certified),
+        names,
+        not_after,
+        certfile: certfile.path.clone(),
+    })
 }
 
 /// Every certificate in a PEM file, the server's own first.
@@ -183,8 +255,12 @@ fn certificates(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, String> 
     Ok(chain)
 }
 
-/// The end of the certificate's validity, refused when it has passed or not yet begun.
-fn validity(file: &TlsFile, cert: &CertificateDer<'_>) -> Result<SystemTime, String> {
+/// The end of the certificate's validity, refused when it has passed or not yet begun, and the
+/// DNS names of its subject alternative names, lowercase.
+fn validity(
+    file: &TlsFile,
+    cert: &CertificateDer<'_>,
+) -> Result<(SystemTime, Vec<String>), String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| format!("certfile {file}: not an X.509 certificate: {e}"))?;
     let validity = parsed.validity();
@@ -206,7 +282,26 @@ fn validity(file: &TlsFile, cert: &CertificateDer<'_>) -> Result<SystemTime, Str
             date(not_before)
         ));
     }
-    Ok(not_after)
+    let names = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    Some(dns.to_ascii_lowercase())
+                }
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            return Err(format!(
+                "certfile {file}: unreadable subject alternative names: {e}"
+            ));
+        }
+    };
+    Ok((not_after, names))
 }
 
 fn client_verifier(

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::sign::SingleCertAndKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -16,7 +15,8 @@ use crate::config::Tls;
 /// apart by the HTTP/2 preface.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The acceptor for this worker: TLS 1.3 and 1.2, ALPN, session resumption by tickets (with
+/// The acceptor for this worker: TLS 1.3 and 1.2, ALPN, the certificate chosen by SNI, session
+/// resumption by tickets (with
 /// the key shared by the workers of a generation) and by session id within the worker, and
 /// client certificates when `--ca-certs` asks for them.
 pub(crate) fn acceptor(tls: &Tls) -> Result<TlsAcceptor, rustls::Error> {
@@ -26,8 +26,7 @@ pub(crate) fn acceptor(tls: &Tls) -> Result<TlsAcceptor, rustls::Error> {
         Some(verifier) => builder.with_client_cert_verifier(Arc::clone(verifier)),
         None => builder.with_no_client_auth(),
     };
-    let resolver = SingleCertAndKey::from(Arc::clone(&tls.certified));
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    let mut config = builder.with_cert_resolver(Arc::clone(&tls.certificates) as _);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     config.ticketer = Arc::clone(&tls.ticketer);
     Ok(TlsAcceptor::from(Arc::new(config)))

@@ -67,7 +67,7 @@ impl Setup {
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
         all.extend(more);
         let server = Server::builder(bin, workers).args(&all).start();
-        let https = https_addr(&server);
+        let https = server.https_addr();
         (server, https)
     }
 
@@ -76,17 +76,6 @@ impl Setup {
     fn client(&self, alpn: &[&[u8]], identity: Option<&Issued>) -> TlsConnector {
         client(&self.authority.pem(), alpn, identity)
     }
-}
-
-/// The TLS address, from the log line the master writes for it.
-fn https_addr(server: &Server) -> SocketAddr {
-    let line = server.wait_log("listening on https://", PATIENCE);
-    let addr = line
-        .rsplit("https://")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("an address in the https line");
-    addr.parse().expect("a socket address")
 }
 
 fn client(authority_pem: &str, alpn: &[&[u8]], identity: Option<&Issued>) -> TlsConnector {
@@ -127,8 +116,17 @@ async fn connect(
     connector: &TlsConnector,
     addr: SocketAddr,
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    connect_as(connector, addr, "localhost").await
+}
+
+/// A handshake asking for `name` (sent by SNI when it is a DNS name; an IP address is not).
+async fn connect_as(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").unwrap();
+    let name = ServerName::try_from(name.to_string()).unwrap();
     tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
         .await
         .expect("the handshake ends")
@@ -267,6 +265,50 @@ fn tls_serves_h2_and_http1_by_alpn_beside_a_cleartext_address() {
 }
 
 #[test]
+fn several_certificates_are_chosen_by_the_name_the_client_asks_for() {
+    let setup = Setup::new();
+    let dir = setup.dir.path();
+    let a = setup.authority.named(&["a.example"], 2).write(dir, "a");
+    let b = setup.authority.named(&["*.b.example"], 3).write(dir, "b");
+    let (_server, https) = setup.start(
+        Bin::Demo,
+        1,
+        &[
+            "--certfile",
+            a.cert.to_str().unwrap(),
+            "--keyfile",
+            a.key.to_str().unwrap(),
+            "--certfile",
+            b.cert.to_str().unwrap(),
+            "--keyfile",
+            b.key.to_str().unwrap(),
+        ],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        // The first pair (`localhost`, serial 1) serves its own name, and a client that sends
+        // no name (one connecting to an IP address).
+        for (name, expected) in [
+            ("a.example", 2),
+            ("www.b.example", 3),
+            ("localhost", 1),
+            ("127.0.0.1", 1),
+        ] {
+            let stream = connect_as(&connector, https, name)
+                .await
+                .unwrap_or_else(|e| panic!("a handshake for {name}: {e}"));
+            assert_eq!(serial(&stream), expected, "the certificate for {name}");
+            let mut send = http1(stream).await;
+            assert_eq!(request1(&mut send, "/").await.unwrap().0, 200);
+        }
+        // The wildcard covers one label, not the parent: the default one is presented, which
+        // the client refuses for that name.
+        assert!(connect_as(&connector, https, "b.example").await.is_err());
+    });
+}
+
+#[test]
 fn mutual_tls_takes_a_good_client_certificate_and_refuses_a_missing_or_foreign_one() {
     let setup = Setup::new();
     let ca = setup.path("clients-ca.pem");
@@ -345,6 +387,29 @@ fn tls_files_that_do_not_load_stop_the_start_with_status_2_and_name_the_file() {
             );
         }
     }
+    // A certfile without its keyfile, among several.
+    let (status, stderr) = run(
+        Bin::Prefork,
+        &[
+            "check",
+            "-b",
+            "https://127.0.0.1:0",
+            "--certfile",
+            cert.to_str().unwrap(),
+            "--keyfile",
+            key.to_str().unwrap(),
+            "--certfile",
+            other.cert.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is given without a keyfile")
+            && stderr.contains(other.cert.to_str().unwrap()),
+        "{stderr}"
+    );
+
     // An https:// address without a certificate.
     let (status, stderr) = run(Bin::Prefork, &["check", "-b", "https://127.0.0.1:0"], &[]);
     assert_eq!(status.code(), Some(2), "{stderr}");

@@ -50,6 +50,11 @@ impl Authority {
         self.issue(vec!["localhost".into(), "127.0.0.1".into()], serial, days)
     }
 
+    /// A server certificate for the DNS `names` given, valid for 30 days.
+    pub fn named(&self, names: &[&str], serial: u64) -> Issued {
+        self.issue(names.iter().map(|n| n.to_string()).collect(), serial, 30)
+    }
+
     /// A client certificate, for mutual TLS.
     pub fn client(&self, name: &str) -> Issued {
         self.issue(vec![name.to_string()], 1000, 30)

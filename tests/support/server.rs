@@ -316,6 +316,17 @@ impl Server {
         Self::builder(bin, workers).start()
     }
 
+    /// The first `https://` address it listens on, from the master's log.
+    pub fn https_addr(&self) -> SocketAddr {
+        let line = self.wait_log("listening on https://", PATIENCE);
+        let addr = line
+            .rsplit("https://")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("an address in the https line");
+        addr.parse().expect("a socket address")
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
