@@ -608,3 +608,130 @@ fn keep_alive_tls_load_loses_nothing_across_a_reload_with_a_rotated_certificate(
     assert!(served >= 600, "{served} served");
     assert_eq!((lost, refused), (0, 0), "lost, refused of {served} served");
 }
+
+/// The drain over TLS as in cleartext: a `wss` websocket gets Close 1001 at once, an event
+/// stream ends cleanly, and the server exits 0.
+#[test]
+fn tls_websockets_get_going_away_and_event_streams_end_on_term() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let setup = Setup::new();
+    let (mut server, https) = setup.start(Bin::Demo, 1, &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        let stream = connect(&connector, https).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap();
+        assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
+
+        let mut sse = http1(connect(&connector, https).await.unwrap()).await;
+        let req = http::Request::get("/sse")
+            .header("host", "localhost")
+            .header("accept", "text/event-stream")
+            .body(Empty::new())
+            .unwrap();
+        let mut body = sse.send_request(req).await.unwrap().into_body();
+        let tick = tokio::time::timeout(PATIENCE, body.frame()).await.unwrap();
+        assert!(tick.is_some_and(|f| f.is_ok()), "a first event");
+
+        server.signal(Signal::SIGTERM);
+        let signalled = Instant::now();
+        let close = loop {
+            match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("no Close frame: {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+        assert!(
+            signalled.elapsed() < Duration::from_millis(500),
+            "Close came {:?} after TERM",
+            signalled.elapsed()
+        );
+        // The event stream ends: its body completes without an error.
+        loop {
+            match tokio::time::timeout(PATIENCE, body.frame()).await.unwrap() {
+                None => break,
+                Some(frame) => assert!(frame.is_ok(), "the event stream broke: {frame:?}"),
+            }
+        }
+    });
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success());
+}
+
+/// A flood of handshakes, finished and stalled, does not keep a worker from an established
+/// connection's requests, and a worker recycled by `--max-requests` is replaced under TLS as in
+/// cleartext.
+#[test]
+fn tls_a_handshake_flood_leaves_established_connections_served() {
+    let setup = Setup::new();
+    let (server, https) = setup.start(Bin::Bare, 1, &["--max-requests", "200"]);
+    let workers = server.workers();
+    let rt = runtime();
+    let slowest = rt.block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        let mut established = http1(connect(&connector, https).await.unwrap()).await;
+        let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut flood = Vec::new();
+        // Stalled: a TCP connection that never sends a ClientHello, or only part of one.
+        for i in 0..100 {
+            flood.push(tokio::spawn(async move {
+                let mut tcp = TcpStream::connect(https).await.ok()?;
+                if i % 2 == 0 {
+                    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                        .await
+                        .ok()?;
+                }
+                let mut byte = [0u8; 1];
+                let _ = tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await;
+                Some(())
+            }));
+        }
+        // Finished: full handshakes as fast as 8 clients can make them, each then closed.
+        for _ in 0..8 {
+            let (connector, flooding) = (connector.clone(), Arc::clone(&flooding));
+            flood.push(tokio::spawn(async move {
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = connect(&connector, https).await;
+                }
+                Some(())
+            }));
+        }
+        let mut slowest = Duration::ZERO;
+        for _ in 0..50 {
+            let asked = Instant::now();
+            let (status, _) = request1(&mut established, "/").await.unwrap();
+            assert_eq!(status, 200);
+            slowest = slowest.max(asked.elapsed());
+        }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        for task in flood {
+            let _ = task.await;
+        }
+        slowest
+    });
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an established connection waited {slowest:?} for an answer during the flood"
+    );
+    assert_eq!(server.workers(), workers, "the worker died under the flood");
+
+    // Recycling over TLS: 250 requests on new connections pass the limit of 200.
+    rt.block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        for _ in 0..250 {
+            let mut send = http1(connect(&connector, https).await.unwrap()).await;
+            let (status, _) = request1(&mut send, "/").await.unwrap();
+            assert_eq!(status, 200);
+        }
+    });
+    server.wait_log("reached its request limit", PATIENCE);
+    server.wait_workers(1, &workers);
+}
