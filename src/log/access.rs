@@ -5,11 +5,13 @@
 //! 127.0.0.1 - - [22/Nov/2026:02:35:49 +0000] "GET /a.txt HTTP/1.1" 200 6 "-" "curl/8.5.0" 0.000214
 //! ```
 //!
-//! Times are UTC. The size is the response's `Content-Length` (`-` for a streamed body).
+//! Times are UTC. The size is the response's `Content-Length` (`-` for a streamed body). The
+//! JSON form also has `tls` (the protocol version, cipher suite and SNI name) for requests over
+//! TLS, `null` otherwise; the combined format has no field for it.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::{CONTENT_LENGTH, REFERER, USER_AGENT};
@@ -40,8 +42,22 @@ pub(crate) fn init(target: &LogTarget, source: &Source, format: LogFormat) -> Re
     Ok(())
 }
 
+/// Whether there is an access log to write.
+pub(crate) fn enabled() -> bool {
+    ACCESS_LOG.get().is_some()
+}
+
 pub(crate) fn sink() -> Option<&'static Sink> {
     ACCESS_LOG.get().map(|log| &log.sink)
+}
+
+/// The TLS session of a connection, for the JSON access log: protocol version, cipher suite,
+/// and the name the client asked for by SNI.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) version: String,
+    pub(crate) cipher: String,
+    pub(crate) sni: Option<String>,
 }
 
 /// What is known of a request when it arrives, kept until its response starts.
@@ -52,11 +68,17 @@ pub(crate) struct Entry {
     request_line: (String, String, http::Version),
     referer: String,
     user_agent: String,
+    tls: Option<Arc<Session>>,
 }
 
 impl Entry {
-    /// Starts an entry for `req`, or `None` when there is no access log.
-    pub(crate) fn begin<B>(req: &Request<B>, peer: Option<SocketAddr>) -> Option<Entry> {
+    /// Starts an entry for `req`, which came from `peer` over `tls` if not in clear, or `None`
+    /// when there is no access log.
+    pub(crate) fn begin<B>(
+        req: &Request<B>,
+        peer: Option<SocketAddr>,
+        tls: Option<&Arc<Session>>,
+    ) -> Option<Entry> {
         ACCESS_LOG.get()?;
         let header = |headers: &HeaderMap, name| {
             headers
@@ -75,6 +97,7 @@ impl Entry {
             ),
             referer: header(req.headers(), REFERER),
             user_agent: header(req.headers(), USER_AGENT),
+            tls: tls.cloned(),
         })
     }
 
@@ -144,6 +167,11 @@ impl Entry {
             "referer": self.referer,
             "user_agent": self.user_agent,
             "duration": self.started.elapsed().as_secs_f64(),
+            "tls": self.tls.as_ref().map(|tls| serde_json::json!({
+                "version": tls.version,
+                "cipher": tls.cipher,
+                "sni": tls.sni,
+            })),
         });
         let mut line = value.to_string();
         line.push('\n');
@@ -194,6 +222,7 @@ mod tests {
             ),
             referer: "-".into(),
             user_agent: "t/1".into(),
+            tls: None,
         };
         let line = entry.combined(200, "13");
         assert!(
@@ -207,5 +236,17 @@ mod tests {
         assert_eq!(json["status"], 404);
         assert_eq!(json["size"], serde_json::Value::Null);
         assert_eq!(json["uri"], "/p?q=1");
+        assert_eq!(json["tls"], serde_json::Value::Null);
+        let over_tls = Entry {
+            tls: Some(Arc::new(Session {
+                version: "TLSv1_3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                sni: Some("a.example".into()),
+            })),
+            ..entry
+        };
+        let json: serde_json::Value = serde_json::from_str(&over_tls.json(200, "1")).unwrap();
+        assert_eq!(json["tls"]["version"], "TLSv1_3");
+        assert_eq!(json["tls"]["sni"], "a.example");
     }
 }

@@ -15,6 +15,7 @@ use super::service::HyperService;
 use super::tracked::Tracked;
 use super::{Shared, tls};
 use crate::application::{AppService, ClientAddr};
+use crate::log::access::{self, Session};
 
 /// Serves `io` on its own task, over TLS when `tls` says so. The socket counts as open work
 /// until it is closed, even if it is upgraded and handed to the application.
@@ -51,9 +52,13 @@ pub(crate) fn spawn<IO, S>(
         let client = ClientAddr::of(peer, source);
         // The listener serves TLS only when the worker has an acceptor: see `Shared::tls`.
         match shared.tls.as_ref().filter(|_| tls) {
-            None => serve(io, client, service, shared).await,
+            None => serve(io, client, None, service, shared).await,
             Some(acceptor) => match tls::handshake(acceptor, io, shared.idle_timeout).await {
-                Ok(stream) => serve(stream, client, service, shared).await,
+                Ok(stream) => {
+                    // Only the access log reads it.
+                    let session = access::enabled().then(|| Arc::new(tls::session(&stream)));
+                    serve(stream, client, session, service, shared).await;
+                }
                 Err(why) => debug!("closing a connection: {why}"),
             },
         }
@@ -62,15 +67,20 @@ pub(crate) fn spawn<IO, S>(
 
 /// Serves HTTP on `io`, the connection's bytes in clear: after the PROXY header and the TLS
 /// handshake, where the HTTP/2 flood guard can read the frames.
-async fn serve<IO, S>(io: IO, client: ClientAddr, service: S, shared: &'static Shared)
-where
+async fn serve<IO, S>(
+    io: IO,
+    client: ClientAddr,
+    session: Option<Arc<Session>>,
+    service: S,
+    shared: &'static Shared,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
     let io = TokioIo::new(FloodGuard::new(io, &shared.floods));
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
-    let service = HyperService::new(service, shared, Arc::clone(&activity), client);
+    let service = HyperService::new(service, shared, Arc::clone(&activity), client, session);
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // Watched for the connection's whole life, its drain included: GOAWAY does not open a

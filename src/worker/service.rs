@@ -24,7 +24,7 @@ use crate::application::ClientAddr;
 use crate::application::{AppService, Connection, RequestBody};
 use crate::config::Config;
 use crate::drain::Drain;
-use crate::log::access::Entry;
+use crate::log::access::{Entry, Session};
 use crate::process::metrics::{Measured, Meter};
 
 /// The service of one connection.
@@ -36,6 +36,8 @@ pub(crate) struct HyperService<S> {
     activity: Arc<Activity>,
     /// The connection's client, before what forwarding headers may say of each request.
     client: ClientAddr,
+    /// The connection's TLS session, when it is over TLS and there is an access log.
+    session: Option<Arc<Session>>,
 }
 
 impl<S> HyperService<S> {
@@ -44,12 +46,14 @@ impl<S> HyperService<S> {
         shared: &'static Shared,
         activity: Arc<Activity>,
         client: ClientAddr,
+        session: Option<Arc<Session>>,
     ) -> Self {
         Self {
             inner,
             shared,
             activity,
             client,
+            session,
         }
     }
 
@@ -92,7 +96,7 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
         let closing = http1.then_some(self.shared);
         // Boxed, so that without an access log the response future stays small.
         let client = self.client(&req);
-        let entry = Entry::begin(&req, client.addr()).map(Box::new);
+        let entry = Entry::begin(&req, client.addr(), self.session.as_ref()).map(Box::new);
         if let Some(status) = self.shared.limits.refusal(&req) {
             return ResponseFuture::Own {
                 response: Some(refused(status, http1)),

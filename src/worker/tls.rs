@@ -10,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::Tls;
+use crate::log::access::Session;
 
 /// The protocols offered by ALPN, preferred first. hyper-util's auto builder then tells them
 /// apart by the HTTP/2 preface.
@@ -30,6 +31,21 @@ pub(crate) fn acceptor(tls: &Tls) -> Result<TlsAcceptor, rustls::Error> {
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     config.ticketer = Arc::clone(&tls.ticketer);
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What the access log says of a connection's session.
+pub(crate) fn session<IO>(stream: &TlsStream<IO>) -> Session {
+    let (_, connection) = stream.get_ref();
+    let named = |debug: Option<String>| debug.unwrap_or_else(|| "-".to_string());
+    Session {
+        version: named(connection.protocol_version().map(|v| format!("{v:?}"))),
+        cipher: named(
+            connection
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite())),
+        ),
+        sni: connection.server_name().map(str::to_string),
+    }
 }
 
 /// Completes the server's side of the handshake within `timeout`, the limit on reading a

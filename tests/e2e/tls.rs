@@ -735,3 +735,46 @@ fn tls_a_handshake_flood_leaves_established_connections_served() {
     server.wait_log("reached its request limit", PATIENCE);
     server.wait_workers(1, &workers);
 }
+
+/// The JSON access log names the TLS version, cipher and SNI name of a request over TLS.
+#[test]
+fn tls_the_json_access_log_names_the_session() {
+    let setup = Setup::new();
+    let log = setup.path("access.log");
+    let more = ["--access-logfile", &log, "--log-format", "json"];
+    let (server, https) = setup.start(Bin::Bare, 1, &more);
+    runtime().block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        let mut send = http1(connect(&connector, https).await.unwrap()).await;
+        assert_eq!(request1(&mut send, "/").await.unwrap().0, 200);
+    });
+    assert_eq!(get(server.addr, "/").status, 200);
+    let lines: Vec<serde_json::Value> = server.wait_until("two access log lines", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() == 2).then_some(lines)
+    });
+    let tls = lines
+        .iter()
+        .find(|l| !l["tls"].is_null())
+        .unwrap_or_else(|| panic!("no line over TLS: {lines:?}"));
+    assert!(
+        tls["tls"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLSv1_"),
+        "{tls}"
+    );
+    assert!(
+        tls["tls"]["cipher"].as_str().unwrap().starts_with("TLS"),
+        "{tls}"
+    );
+    assert_eq!(tls["tls"]["sni"], "localhost");
+    assert!(
+        lines.iter().any(|l| l["tls"].is_null()),
+        "the cleartext request"
+    );
+}

@@ -319,11 +319,14 @@ impl Server {
     /// The first `https://` address it listens on, from the master's log.
     pub fn https_addr(&self) -> SocketAddr {
         let line = self.wait_log("listening on https://", PATIENCE);
-        let addr = line
+        // The address ends where the line or the message (in a JSON log) does.
+        let addr: String = line
             .rsplit("https://")
             .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("an address in the https line");
+            .expect("an address in the https line")
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+            .collect();
         addr.parse().expect("a socket address")
     }
 
