@@ -19,7 +19,7 @@ use tower_http::services::ServeDir;
 use tower_http::services::fs::{DefaultServeDirFallback, ServeFileSystemResponseBody};
 
 use crate::config::Config;
-use small_files::{Key, Now, SmallFiles, Version};
+use small_files::{Key, Now, SmallFiles, Variants, Version};
 
 pub use cache_first::{Answer, CacheFirst, CachedFile, Stat};
 pub use small_files::{FILE_MAX, REVALIDATE_AFTER, SETTLED_AFTER};
@@ -129,13 +129,17 @@ where
             };
             return FileAnswer::Now(Some(from_memory(headers, body)));
         }
-        let version = Version::of(&self.backend, &key, now);
-        match version {
-            Some(version) if req.method() == Method::GET => {
+        // A client that accepts encodings is sent a variant where one exists: not kept.
+        let keepable = |version: &Version| {
+            req.method() == Method::GET
+                && !(key.negotiates && version.variants == Variants::Present)
+        };
+        match Version::of(&self.backend, &key, now) {
+            Some(version) if keepable(&version) => {
                 let answer = self.files.call(req);
                 let (small, backend) = (Arc::clone(&self.small), self.backend.clone());
                 FileAnswer::Later(Box::pin(async move {
-                    let version = if version.plain_only() {
+                    let version = if version.variants != Variants::Unknown {
                         version
                     } else {
                         look_up_variants(&backend, &key).await;

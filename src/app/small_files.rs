@@ -72,7 +72,7 @@ pub struct Key {
     rel: PathBuf,
     /// Whether the request has `Accept-Encoding`: then it may only be answered from an entry
     /// of a file without precompressed variants.
-    negotiates: bool,
+    pub negotiates: bool,
 }
 
 impl Key {
@@ -120,12 +120,22 @@ impl Key {
     }
 }
 
-/// Which file a path names: its attributes, and whether it has no precompressed variant.
+/// Which file a path names: its attributes, and whether it has precompressed variants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Version {
     stat: Stat,
-    /// Neither `NAME.br` nor `NAME.gz` exists: `Accept-Encoding` changes nothing.
-    plain_only: bool,
+    pub variants: Variants,
+}
+
+/// Whether `NAME.br` or `NAME.gz` exists beside a file, as far as the kernel's caches tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variants {
+    /// Neither exists: `Accept-Encoding` changes nothing.
+    Absent,
+    /// At least one exists (or cannot be looked up).
+    Present,
+    /// Not known until looked up ([`CacheFirst::look_up`]): neither is in the dentry cache.
+    Unknown,
 }
 
 impl Version {
@@ -138,17 +148,20 @@ impl Version {
         if !stat.is_file() || stat.len() > FILE_MAX || !now.settled(stat.changed()) {
             return None;
         }
-        let absent = |variant: &PathBuf| matches!(files.current(variant), Some(Err(e)) if e.kind() == io::ErrorKind::NotFound);
-        Some(Version {
-            stat,
-            plain_only: key.variants().iter().all(absent),
-        })
-    }
-
-    /// Whether the file has no precompressed variant, as far as the kernel's caches tell: a
-    /// variant never looked up is not known to be absent until [`CacheFirst::look_up`] is.
-    pub fn plain_only(&self) -> bool {
-        self.plain_only
+        let variant = |variant: &PathBuf| match files.current(variant) {
+            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Variants::Absent,
+            Some(_) => Variants::Present,
+            None => Variants::Unknown,
+        };
+        let [br, gz] = key.variants().map(|path| variant(&path));
+        let variants = if br == Variants::Present || gz == Variants::Present {
+            Variants::Present
+        } else if br == Variants::Unknown || gz == Variants::Unknown {
+            Variants::Unknown
+        } else {
+            Variants::Absent
+        };
+        Some(Version { stat, variants })
     }
 
     /// The size of the file, in bytes.
@@ -201,7 +214,7 @@ impl SmallFiles {
             }
             entry.checked = now.instant;
         }
-        if key.negotiates && !entry.version.plain_only {
+        if key.negotiates && entry.version.variants != Variants::Absent {
             return None;
         }
         Some((entry.headers.clone(), entry.body.clone()))

@@ -188,3 +188,26 @@ fn a_replaced_or_removed_file_is_served_new_within_the_bound() {
     }
     assert_eq!(get(&mut conn, "HEAD", "/page.txt", &[]).status, 404);
 }
+
+#[test]
+fn a_precompressed_variant_is_still_sent_to_clients_that_accept_it() {
+    let root = tempfile::tempdir().unwrap();
+    fs::write(root.path().join("app.js"), "plain").unwrap();
+    fs::write(root.path().join("app.js.gz"), "as if gzipped").unwrap();
+    wait_settled(&root.path().join("app.js.gz"));
+    let server = serve(root.path());
+    let mut conn = Conn::connect(server.addr).unwrap();
+    // Both orders, and again once the plain answer could have been kept.
+    for _ in 0..3 {
+        let plain = get(&mut conn, "GET", "/app.js", &[]);
+        assert_eq!(
+            (plain.text().as_str(), plain.header("content-encoding")),
+            ("plain", None)
+        );
+        let zipped = get(&mut conn, "GET", "/app.js", &[("Accept-Encoding", "gzip")]);
+        assert_eq!(
+            (zipped.text().as_str(), zipped.header("content-encoding")),
+            ("as if gzipped", Some("gzip"))
+        );
+    }
+}
