@@ -1,20 +1,28 @@
 //! The built-in application of the `prefork` binary: static files from a directory.
 
 mod cache_first;
+mod small_files;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::RANGE;
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RANGE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use tower::Service;
 use tower_http::services::ServeDir;
 use tower_http::services::fs::{DefaultServeDirFallback, ServeFileSystemResponseBody};
 
 use crate::config::Config;
+use small_files::{Key, Now, SmallFiles, Variants, Version};
 
 pub use cache_first::{Answer, CacheFirst, CachedFile, Stat};
+pub use small_files::{FILE_MAX, REVALIDATE_AFTER, SETTLED_AFTER};
 
 /// How much of a file is read at a time, and so the largest body chunk handed to the
 /// connection: 128 KiB. Against ServeDir's 64 KiB, a 1 MiB file takes half the reads and
@@ -29,7 +37,8 @@ type Files = ServeDir<DefaultServeDirFallback, CacheFirst>;
 /// GET and HEAD, byte ranges, `ETag` and `Last-Modified` with conditional requests,
 /// `index.html` for directories, and precompressed `.br` / `.gz` variants when the client
 /// accepts them. What the kernel has cached is served without leaving the worker's thread
-/// ([`CacheFirst`]).
+/// ([`CacheFirst`]); small files asked for again are answered from memory, and a file changed
+/// on disk is served new at most [`REVALIDATE_AFTER`] later (see `small_files`).
 ///
 /// Nothing outside the root is served: paths are resolved beneath the root directory, opened
 /// here, and symbolic links leading out of it are not followed unless `follow_symlinks`.
@@ -48,29 +57,59 @@ type Files = ServeDir<DefaultServeDirFallback, CacheFirst>;
 /// The error is the root directory failing to open.
 pub fn static_files(config: &Config) -> io::Result<StaticFiles> {
     let backend = CacheFirst::new(&config.root, config.follow_symlinks, config.serve_hidden)?;
-    let files = ServeDir::with_backend(cache_first::BASE, backend)
+    let files = ServeDir::with_backend(cache_first::BASE, backend.clone())
         .with_buf_chunk_size(READ_CHUNK)
         .append_index_html_on_directories(true)
         .ignore_multi_range_requests(true)
         .precompressed_br()
         .precompressed_gzip();
-    Ok(StaticFiles { files })
+    Ok(StaticFiles {
+        files,
+        backend,
+        small: Arc::default(),
+    })
 }
 
 /// The static file service: [`ServeDir`] over [`CacheFirst`], with the request tidied first
-/// (see [`tidy`]).
+/// (see [`tidy`]), and small files answered from the worker's memory when they can be (see
+/// `small_files`). Clones share that memory.
 #[derive(Clone, Debug)]
 pub struct StaticFiles {
     files: Files,
+    backend: CacheFirst,
+    small: Arc<SmallFiles>,
+}
+
+/// A response body: a small file's bytes from memory, or what ServeDir sends.
+pub type FileBody = Either<Full<Bytes>, ServeFileSystemResponseBody>;
+
+/// The answer of [`StaticFiles`]: at once from memory, or ServeDir's, to come.
+pub enum FileAnswer {
+    /// Taken by the first poll.
+    Now(Option<Response<FileBody>>),
+    /// ServeDir's, or ServeDir's kept for the next request.
+    Later(Pin<Box<dyn Future<Output = Result<Response<FileBody>, Infallible>> + Send>>),
+}
+
+impl Future for FileAnswer {
+    type Output = Result<Response<FileBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            // Invariant: a future is not polled again once it returned Ready.
+            FileAnswer::Now(response) => Poll::Ready(Ok(response.take().expect("polled once"))),
+            FileAnswer::Later(future) => future.as_mut().poll(cx),
+        }
+    }
 }
 
 impl<B> Service<Request<B>> for StaticFiles
 where
     B: Send + 'static,
 {
-    type Response = Response<ServeFileSystemResponseBody>;
+    type Response = Response<FileBody>;
     type Error = Infallible;
-    type Future = <Files as Service<Request<B>>>::Future;
+    type Future = FileAnswer;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Service::<Request<B>>::poll_ready(&mut self.files, cx)
@@ -78,8 +117,111 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         tidy(&mut req);
-        self.files.call(req)
+        let Some(key) = Key::of(&req) else {
+            return self.served_by_files(req);
+        };
+        let now = Now::new();
+        if let Some((headers, body)) = self.small.get(&key, &self.backend, now) {
+            let body = if req.method() == Method::HEAD {
+                Bytes::new()
+            } else {
+                body
+            };
+            return FileAnswer::Now(Some(from_memory(headers, body)));
+        }
+        // A client that accepts encodings is sent a variant where one exists: not kept.
+        let keepable = |version: &Version| {
+            req.method() == Method::GET
+                && !(key.negotiates && version.variants == Variants::Present)
+        };
+        match Version::of(&self.backend, &key, now) {
+            Some(version) if keepable(&version) => {
+                let answer = self.files.call(req);
+                let (small, backend) = (Arc::clone(&self.small), self.backend.clone());
+                FileAnswer::Later(Box::pin(async move {
+                    let version = if version.variants != Variants::Unknown {
+                        version
+                    } else {
+                        look_up_variants(&backend, &key).await;
+                        // Checked again once the file is read: a change now is seen then.
+                        Version::of(&backend, &key, Now::new()).unwrap_or(version)
+                    };
+                    let Ok(response) = answer.await;
+                    Ok(keep(response, key, version, &small, &backend).await)
+                }))
+            }
+            _ => self.served_by_files(req),
+        }
     }
+}
+
+impl StaticFiles {
+    /// ServeDir's answer to `req`.
+    fn served_by_files<B: Send + 'static>(&mut self, req: Request<B>) -> FileAnswer {
+        let answer = self.files.call(req);
+        FileAnswer::Later(Box::pin(async move {
+            let Ok(response) = answer.await;
+            Ok(response.map(Either::Right))
+        }))
+    }
+}
+
+fn from_memory(headers: HeaderMap, body: Bytes) -> Response<FileBody> {
+    let mut response = Response::new(Either::Left(Full::new(body)));
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Looks up the precompressed variants of `key`'s file on the blocking pool, so that whether
+/// they exist can be told from the kernel's caches from then on: the requests that follow
+/// answer from memory to clients that accept encodings too.
+async fn look_up_variants(backend: &CacheFirst, key: &Key) {
+    let (backend, variants) = (backend.clone(), key.variants());
+    // A panic in the task (none is expected) leaves the variants unknown, which is safe.
+    let _ = tokio::task::spawn_blocking(move || {
+        variants.iter().for_each(|variant| backend.look_up(variant));
+    })
+    .await;
+}
+
+/// ServeDir's `response` to `key`, read whole into memory and kept there when it is a small
+/// file's and the path still names `version` once it is read. A read that fails answers 500,
+/// as ServeDir answers a file that fails to open.
+async fn keep(
+    response: Response<ServeFileSystemResponseBody>,
+    key: Key,
+    version: Version,
+    small: &SmallFiles,
+    backend: &CacheFirst,
+) -> Response<FileBody> {
+    let headers = response.headers();
+    let whole = response.status() == StatusCode::OK
+        && !headers.contains_key(CONTENT_ENCODING)
+        && headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            == Some(version.len());
+    if !whole {
+        return response.map(Either::Right);
+    }
+    let (parts, body) = response.into_parts();
+    // A file that grew since it was looked at is not read on without end; one that shrank
+    // would not match the length already in the headers: either fails as a read would.
+    let len = usize::try_from(version.len()).unwrap_or(usize::MAX);
+    let read = Limited::new(body, len).collect().await;
+    let bytes = match read.map(|collected| collected.to_bytes()) {
+        Ok(bytes) if bytes.len() == len => bytes,
+        _ => {
+            let mut failed = Response::new(Either::Left(Full::default()));
+            *failed.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return failed;
+        }
+    };
+    let now = Now::new();
+    if Version::of(backend, &key, now) == Some(version) {
+        small.insert(key, version, parts.headers.clone(), bytes.clone(), now);
+    }
+    Response::from_parts(parts, Either::Left(Full::new(bytes)))
 }
 
 /// Rewrites what ServeDir would take the wrong way:

@@ -96,6 +96,22 @@ impl CacheFirst {
     }
 }
 
+impl CacheFirst {
+    /// The attributes of what `rel` names beneath the root now, resolved as a request's path
+    /// is; `None` when the kernel would have to wait on storage to tell (see the module's doc).
+    pub(super) fn current(&self, rel: &Path) -> Option<io::Result<Stat>> {
+        let fd = self.root.lookup_cached(rel, metadata_how())?;
+        Some(fd.and_then(|fd| stat_cached(fd.as_fd())))
+    }
+
+    /// Looks `rel` up beneath the root, waiting on storage if need be (for the blocking pool),
+    /// so that the kernel's dentry cache then holds the answer, found or not, for
+    /// [`CacheFirst::current`]. What the lookup found is not needed, only that it was made.
+    pub(super) fn look_up(&self, rel: &Path) {
+        let _ = self.root.lookup(rel, metadata_how());
+    }
+}
+
 /// The base the backend's `ServeDir` is built on: every path it is handed starts with it, and
 /// the rest is taken from the root directory.
 pub const BASE: &str = "/";
@@ -146,7 +162,7 @@ impl Backend for CacheFirst {
 }
 
 /// The file ServeDir serves for a directory (`append_index_html_on_directories`).
-const INDEX: &str = "index.html";
+pub(super) const INDEX: &str = "index.html";
 
 /// How a file is opened to be served. O_NONBLOCK: opening a FIFO someone left under the root
 /// must not stall a thread until a writer comes (it is then refused as not a regular file);
@@ -278,12 +294,18 @@ impl<T> Future for Answer<T> {
     }
 }
 
-/// What `ServeDir` needs of a file's attributes.
-#[derive(Clone, Copy, Debug)]
+/// What `ServeDir` needs of a file's attributes, and what tells one version of a file from
+/// another: equal `Stat`s of a path, taken at two times, mean the same bytes at both (a file
+/// replaced has another inode; one written in place, a new change time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
     kind: Kind,
     len: u64,
     modified: Option<SystemTime>,
+    dev: u64,
+    ino: u64,
+    /// The status change time: when the file's bytes or attributes last changed.
+    changed: SystemTime,
 }
 
 impl Metadata for Stat {
@@ -323,6 +345,16 @@ impl Kind {
 }
 
 impl Stat {
+    /// When the file's bytes or attributes last changed.
+    pub(super) fn changed(&self) -> SystemTime {
+        self.changed
+    }
+
+    /// Whether these are the attributes of a regular file.
+    pub(super) fn is_file(&self) -> bool {
+        self.kind == Kind::File
+    }
+
     /// These attributes, or not found when they are of something other than a regular file or
     /// a directory.
     fn servable(self) -> io::Result<Stat> {
@@ -348,6 +380,10 @@ impl From<fs::Metadata> for Stat {
             kind: Kind::of_mode(meta.mode()),
             len: meta.len(),
             modified: meta.modified().ok(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            // A nanosecond count is below 10^9: it fits.
+            changed: time_of(meta.ctime(), meta.ctime_nsec() as u32),
         }
     }
 }
@@ -477,7 +513,11 @@ fn stat_cached(fd: BorrowedFd<'_>) -> io::Result<Stat> {
             fd.as_raw_fd(),
             EMPTY.as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_MTIME,
+            libc::STATX_TYPE
+                | libc::STATX_SIZE
+                | libc::STATX_MTIME
+                | libc::STATX_INO
+                | libc::STATX_CTIME,
             stx.as_mut_ptr(),
         );
         if rc != 0 {
@@ -485,21 +525,27 @@ fn stat_cached(fd: BorrowedFd<'_>) -> io::Result<Stat> {
         }
         stx.assume_init()
     };
-    let modified = (stx.stx_mask & libc::STATX_MTIME != 0).then(|| {
-        let time = stx.stx_mtime;
-        let whole = Duration::from_secs(time.tv_sec.unsigned_abs());
-        let second = if time.tv_sec >= 0 {
-            SystemTime::UNIX_EPOCH + whole
-        } else {
-            SystemTime::UNIX_EPOCH - whole
-        };
-        second + Duration::from_nanos(time.tv_nsec.into())
-    });
+    let modified = (stx.stx_mask & libc::STATX_MTIME != 0)
+        .then(|| time_of(stx.stx_mtime.tv_sec, stx.stx_mtime.tv_nsec));
     Ok(Stat {
         kind: Kind::of_mode(u32::from(stx.stx_mode)),
         len: stx.stx_size,
         modified,
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        changed: time_of(stx.stx_ctime.tv_sec, stx.stx_ctime.tv_nsec),
     })
+}
+
+/// The time `seconds` and `nanos` after the epoch (before it, for negative seconds).
+fn time_of(seconds: i64, nanos: u32) -> SystemTime {
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let second = if seconds >= 0 {
+        SystemTime::UNIX_EPOCH + whole
+    } else {
+        SystemTime::UNIX_EPOCH - whole
+    };
+    second + Duration::from_nanos(nanos.into())
 }
 
 /// Reads into `buf` at `offset` what the page cache holds; `None` when the read would wait

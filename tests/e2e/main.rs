@@ -21,6 +21,7 @@ mod rolling;
 mod run;
 mod serve;
 mod stalls;
+mod static_cache;
 mod static_root;
 mod storms;
 mod supervise;
