@@ -16,7 +16,8 @@
 //! hyper `service_fn` in one process; HTTP/1.1, and HTTP/2 by prior knowledge with h2load;
 //! requests per second and per CPU-second of the server's processes), `tls` (against nginx
 //! with the same certificate: HTTP/1.1 keep-alive, new connections with full and resumed
-//! handshakes, HTTP/2 by ALPN with h2load).
+//! handshakes, HTTP/2 by ALPN with h2load), `connections` (resident memory per idle keep-alive
+//! connection against the single-process servers, and per open websocket).
 //!
 //! Settings, from the environment:
 //!
@@ -34,6 +35,7 @@
 mod balance;
 mod drain;
 mod load;
+mod per_connection;
 mod process;
 mod reference_servers;
 mod references;
@@ -52,7 +54,7 @@ use std::time::Duration;
 use load::Generator;
 use report::Table;
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "throughput",
     "static",
     "process",
@@ -61,6 +63,7 @@ const SECTIONS: [&str; 8] = [
     "upgrade",
     "references",
     "tls",
+    "connections",
 ];
 
 /// Everything a section needs: the settings and a runtime for the drain section's idle
@@ -215,6 +218,9 @@ fn main() {
     }
     if run("tls") {
         show(tls::tls(&bench));
+    }
+    if run("connections") {
+        show(vec![per_connection::memory(&bench)]);
     }
 
     let mut summary = Table::new("Targets");

@@ -51,7 +51,12 @@ pub fn baseline(threads: usize) -> Server {
 /// `examples/bare.rs` (a bare `service_fn`) served by prefork with `workers` workers, once it
 /// has logged its address.
 pub fn bare(workers: usize) -> Server {
-    Server::builder(Bin::Bare, workers).spawn()
+    bare_with(workers, &[])
+}
+
+/// [`bare`], with `args`.
+pub fn bare_with(workers: usize, args: &[&str]) -> Server {
+    Server::builder(Bin::Bare, workers).args(args).spawn()
 }
 
 /// The baseline serving the same bare `service_fn` with `threads` runtime threads.

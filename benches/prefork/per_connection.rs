@@ -1,0 +1,124 @@
+//! Section `connections`: what an idle connection costs in memory. Each server is given N
+//! keep-alive connections that are each answered one `GET /` and then left idle, then N open
+//! websockets that send nothing (the demo's `/ws-quiet`); the figure is the growth of the
+//! resident memory of all the server's processes, per connection. prefork runs one worker, so
+//! that its figure and the single-process servers' are counted alike.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::Bench;
+use crate::report::{Row, Table};
+use crate::server;
+use crate::support::procfs::mem;
+use crate::support::{PATIENCE, Server, wait_for};
+
+/// Connections opened per measurement.
+/// Opened one after another in well under the baseline's 5 s keep-alive timeout, after which
+/// it would start closing them.
+const CONNECTIONS: usize = 2000;
+
+/// Starts one of the servers compared.
+type Start = fn() -> Server;
+
+/// prefork's settings here: room for every connection, and no idle timeout during the count.
+const PREFORK: &[&str] = &["--worker-connections", "20000", "--keepalive", "60s"];
+
+/// The target of issue 18, per idle keep-alive connection.
+const TARGET_KIB: f64 = 8.0;
+
+pub fn memory(_: &Bench) -> Table {
+    let mut table = Table::new(format!(
+        "8. Memory per idle connection: resident memory of the server's processes grown by \
+         {CONNECTIONS} connections, each answered once and then idle, or upgraded to a websocket \
+         that sends nothing; prefork with one worker"
+    ));
+    let pairs: [(&str, Start, Start); 2] = [
+        (
+            "demo (axum)",
+            || server::demo(1, PREFORK),
+            || server::baseline(1),
+        ),
+        (
+            "bare service_fn",
+            || server::bare_with(1, PREFORK),
+            || server::bare_baseline(1),
+        ),
+    ];
+    for (label, prefork, baseline) in pairs {
+        let pre = per_connection(prefork(), "/", false);
+        let base = per_connection(baseline(), "/", false);
+        table.row(
+            Row::new(format!("{label}: KiB per idle keep-alive connection"))
+                .value(format!("{pre:.1}"))
+                .baseline(format!("{base:.1}"))
+                .ratio(pre / base)
+                .target(format!("<= {TARGET_KIB} KiB"), pre <= TARGET_KIB),
+        );
+    }
+    let websocket = per_connection(server::demo(1, PREFORK), "/ws-quiet", true);
+    table.row(
+        Row::new("demo (axum): KiB per open websocket")
+            .value(format!("{websocket:.1}"))
+            .baseline("-")
+            .ratio_text("-"),
+    );
+    table.note(
+        "baseline: the same service in one process (examples/baseline.rs, which has no \
+         websocket route); ratio: prefork's memory per connection over the baseline's, lower is \
+         better",
+    );
+    table
+}
+
+/// The growth of the server's resident memory, in KiB per connection, for [`CONNECTIONS`]
+/// connections to `path`, each upgraded to a websocket when `websocket`.
+fn per_connection(server: Server, path: &str, websocket: bool) -> f64 {
+    let pids = || {
+        let mut pids = server.processes();
+        pids.dedup();
+        pids
+    };
+    wait_for("the server answering", || {
+        server::probe(server.addr, "/", PATIENCE).ok()
+    });
+    let rss = || -> u64 { pids().iter().filter_map(|p| mem(*p)).map(|m| m.rss).sum() };
+    let before = rss();
+    let held: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| open(server.addr, path, websocket))
+        .collect();
+    let after = rss();
+    drop(held);
+    drop(server);
+    after.saturating_sub(before) as f64 / 1024.0 / CONNECTIONS as f64
+}
+
+/// A connection that has been answered once (`GET path`), or upgraded to a websocket.
+fn open(addr: SocketAddr, path: &str, websocket: bool) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(PATIENCE))
+        .expect("a read timeout");
+    let upgrade = if websocket {
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    } else {
+        ""
+    };
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: bench\r\n{upgrade}\r\n").expect("send");
+    // The head, and for a plain GET the short body after it.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).expect("a response");
+        assert!(n > 0, "the server closed a connection");
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if websocket && text.contains("\r\n\r\n") {
+            assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+            return tcp;
+        }
+        if !websocket && text.ends_with("Hello, World!") {
+            return tcp;
+        }
+    }
+}
