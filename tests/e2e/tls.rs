@@ -359,19 +359,7 @@ fn tls_files_that_do_not_load_stop_the_start_with_status_2_and_name_the_file() {
     ];
     for (certfile, keyfile, problem) in cases {
         for command in ["check", "serve"] {
-            let (status, stderr) = run(
-                Bin::Prefork,
-                &[
-                    command,
-                    "-b",
-                    "https://127.0.0.1:0",
-                    "--certfile",
-                    certfile.to_str().unwrap(),
-                    "--keyfile",
-                    keyfile.to_str().unwrap(),
-                ],
-                &[],
-            );
+            let (status, stderr) = on_https(command, &[(certfile, keyfile)], &[]);
             assert_eq!(status.code(), Some(2), "{command} {problem}: {stderr}");
             let line = stderr.trim();
             assert!(!line.contains('\n'), "more than one line: {stderr}");
@@ -388,21 +376,8 @@ fn tls_files_that_do_not_load_stop_the_start_with_status_2_and_name_the_file() {
         }
     }
     // A certfile without its keyfile, among several.
-    let (status, stderr) = run(
-        Bin::Prefork,
-        &[
-            "check",
-            "-b",
-            "https://127.0.0.1:0",
-            "--certfile",
-            cert.to_str().unwrap(),
-            "--keyfile",
-            key.to_str().unwrap(),
-            "--certfile",
-            other.cert.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let unpaired = ["--certfile", other.cert.to_str().unwrap()];
+    let (status, stderr) = on_https("check", &[(cert, key)], &unpaired);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("is given without a keyfile")
@@ -417,21 +392,25 @@ fn tls_files_that_do_not_load_stop_the_start_with_status_2_and_name_the_file() {
 
     // A certificate about to expire is served, with a warning.
     let soon = setup.authority.server(4, 5).write(dir, "soon");
-    let (status, stderr) = run(
-        Bin::Prefork,
-        &[
-            "check",
-            "-b",
-            "https://127.0.0.1:0",
-            "--certfile",
-            soon.cert.to_str().unwrap(),
-            "--keyfile",
-            soon.key.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (status, stderr) = on_https("check", &[(&soon.cert, &soon.key)], &[]);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("expires in 4 day(s)"), "{stderr}");
+}
+
+/// Runs `prefork COMMAND` on an `https://` address with the certificate and key `pairs`, then
+/// `more`; its exit status and standard error.
+fn on_https(
+    command: &str,
+    pairs: &[(&Path, &Path)],
+    more: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let mut args = vec![command, "-b", "https://127.0.0.1:0"];
+    for (cert, key) in pairs {
+        args.extend(["--certfile", cert.to_str().unwrap()]);
+        args.extend(["--keyfile", key.to_str().unwrap()]);
+    }
+    args.extend(more);
+    run(Bin::Prefork, &args, &[])
 }
 
 /// Sends HUP and waits until the reload is over, one way or the other; returns the line.
