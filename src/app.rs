@@ -1,6 +1,7 @@
 //! The built-in application of the `prefork` binary: static files from a directory.
 
 mod cache_first;
+mod sent_file;
 mod small_files;
 
 use std::convert::Infallible;
@@ -18,10 +19,12 @@ use tower::Service;
 use tower_http::services::ServeDir;
 use tower_http::services::fs::{DefaultServeDirFallback, ServeFileSystemResponseBody};
 
+use crate::application::{FileSender, FileSpan};
 use crate::config::Config;
 use small_files::{Key, Now, SmallFiles, Variants, Version};
 
 pub use cache_first::{Answer, CacheFirst, CachedFile, Stat};
+pub use sent_file::SENT_MIN;
 pub use small_files::{FILE_MAX, REVALIDATE_AFTER, SETTLED_AFTER};
 
 /// How much of a file is read at a time, and so the largest body chunk handed to the
@@ -57,17 +60,21 @@ type Files = ServeDir<DefaultServeDirFallback, CacheFirst>;
 /// The error is the root directory failing to open.
 pub fn static_files(config: &Config) -> io::Result<StaticFiles> {
     let backend = CacheFirst::new(&config.root, config.follow_symlinks, config.serve_hidden)?;
-    let files = ServeDir::with_backend(cache_first::BASE, backend.clone())
+    Ok(StaticFiles {
+        files: serve_dir(backend.clone()),
+        backend,
+        small: Arc::default(),
+    })
+}
+
+/// ServeDir as the static app serves with it, over `backend`.
+fn serve_dir(backend: CacheFirst) -> Files {
+    ServeDir::with_backend(cache_first::BASE, backend)
         .with_buf_chunk_size(READ_CHUNK)
         .append_index_html_on_directories(true)
         .ignore_multi_range_requests(true)
         .precompressed_br()
-        .precompressed_gzip();
-    Ok(StaticFiles {
-        files,
-        backend,
-        small: Arc::default(),
-    })
+        .precompressed_gzip()
 }
 
 /// The static file service: [`ServeDir`] over [`CacheFirst`], with the request tidied first
@@ -80,8 +87,9 @@ pub struct StaticFiles {
     small: Arc<SmallFiles>,
 }
 
-/// A response body: a small file's bytes from memory, or what ServeDir sends.
-pub type FileBody = Either<Full<Bytes>, ServeFileSystemResponseBody>;
+/// A response body: a small file's bytes from memory, what ServeDir sends, or a larger file
+/// sent by the kernel (see [`FileSender`]).
+pub type FileBody = Either<Full<Bytes>, Either<ServeFileSystemResponseBody, FileSpan>>;
 
 /// The answer of [`StaticFiles`]: at once from memory, or ServeDir's, to come.
 pub enum FileAnswer {
@@ -117,8 +125,12 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         tidy(&mut req);
+        // A HEAD answer has no body to send.
+        let sender = (req.method() == Method::GET)
+            .then(|| req.extensions().get::<FileSender>().cloned())
+            .flatten();
         let Some(key) = Key::of(&req) else {
-            return self.served_by_files(req);
+            return self.served_by_files(req, sender);
         };
         let now = Now::new();
         if let Some((headers, body)) = self.small.get(&key, &self.backend, now) {
@@ -150,20 +162,38 @@ where
                     Ok(keep(response, key, version, &small, &backend).await)
                 }))
             }
-            _ => self.served_by_files(req),
+            _ => self.served_by_files(req, sender),
         }
     }
 }
 
 impl StaticFiles {
-    /// ServeDir's answer to `req`.
-    fn served_by_files<B: Send + 'static>(&mut self, req: Request<B>) -> FileAnswer {
-        let answer = self.files.call(req);
+    /// ServeDir's answer to `req`, its body sent by the kernel when `sender` allows and it is
+    /// large enough (see `sent_file`).
+    fn served_by_files<B: Send + 'static>(
+        &mut self,
+        req: Request<B>,
+        sender: Option<FileSender>,
+    ) -> FileAnswer {
+        let Some(sender) = sender else {
+            let answer = self.files.call(req);
+            return FileAnswer::Later(Box::pin(async move {
+                let Ok(response) = answer.await;
+                Ok(response.map(served_by_files))
+            }));
+        };
+        // A ServeDir of its own, to learn which file it opens for this request.
+        let (backend, opened) = self.backend.noting_opened();
+        let answer = serve_dir(backend).call(req);
         FileAnswer::Later(Box::pin(async move {
             let Ok(response) = answer.await;
-            Ok(response.map(Either::Right))
+            Ok(sent_file::by_kernel(response, &opened, &sender))
         }))
     }
+}
+
+fn served_by_files(body: ServeFileSystemResponseBody) -> FileBody {
+    Either::Right(Either::Left(body))
 }
 
 fn from_memory(headers: HeaderMap, body: Bytes) -> Response<FileBody> {
@@ -202,7 +232,7 @@ async fn keep(
             .and_then(|v| v.to_str().ok()?.parse().ok())
             == Some(version.len());
     if !whole {
-        return response.map(Either::Right);
+        return response.map(served_by_files);
     }
     let (parts, body) = response.into_parts();
     // A file that grew since it was looked at is not read on without end; one that shrank

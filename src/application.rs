@@ -3,12 +3,15 @@
 
 mod body;
 mod client;
+mod file_sender;
 
 use http::{Request, Response};
 
 pub(crate) use body::Connection;
 pub use body::RequestBody;
 pub use client::ClientAddr;
+pub use file_sender::{FileSender, FileSpan};
+pub(crate) use file_sender::{Spans, is_stand_in};
 
 use crate::config::Config;
 use crate::drain::Drain;

@@ -36,7 +36,9 @@ mod worker;
 
 use std::process::ExitCode;
 
-pub use application::{AppService, BoxError, ClientAddr, RequestBody, WorkerContext};
+pub use application::{
+    AppService, BoxError, ClientAddr, FileSender, FileSpan, RequestBody, WorkerContext,
+};
 pub use cli::command;
 pub use config::{BindAddr, Config, LogFormat, LogTarget, Source};
 pub use drain::Drain;

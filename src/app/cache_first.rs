@@ -25,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -40,7 +40,14 @@ use tower_http::services::fs::{Backend, File, Metadata};
 #[derive(Clone, Debug)]
 pub struct CacheFirst {
     root: Arc<Root>,
+    /// Where the files this backend opens are noted, for a backend made for one request.
+    opened: Option<Arc<Opened>>,
 }
+
+/// The file a request's ServeDir opened to answer it (the last one, should it open several),
+/// and that file's length when opened: the very file whose attributes made the response's
+/// headers, so that its bytes can be sent by the kernel instead (see `super::sent_file`).
+pub type Opened = Mutex<Option<(Arc<fs::File>, u64)>>;
 
 /// The served directory and what may be served from it.
 #[derive(Debug)]
@@ -92,11 +99,22 @@ impl CacheFirst {
         })?;
         Ok(CacheFirst {
             root: Arc::new(root),
+            opened: None,
         })
     }
 }
 
 impl CacheFirst {
+    /// This backend, noting in the `Opened` returned the file it opens, for one request.
+    pub(super) fn noting_opened(&self) -> (CacheFirst, Arc<Opened>) {
+        let opened = Arc::new(Opened::default());
+        let backend = CacheFirst {
+            root: Arc::clone(&self.root),
+            opened: Some(Arc::clone(&opened)),
+        };
+        (backend, opened)
+    }
+
     /// The attributes of what `rel` names beneath the root now, resolved as a request's path
     /// is; `None` when the kernel would have to wait on storage to tell (see the module's doc).
     pub(super) fn current(&self, rel: &Path) -> Option<io::Result<Stat>> {
@@ -130,9 +148,13 @@ impl Backend for CacheFirst {
         match self.root.lookup_cached(rel, open_how()) {
             Some(fd) => Answer::Now(ready(fd.and_then(|fd| {
                 let stat = stat_cached(fd.as_fd())?;
-                CachedFile::regular(fd.into(), stat)
+                CachedFile::regular(fd.into(), stat, self.opened.as_deref())
             }))),
-            None => open_on_pool(Arc::clone(&self.root), rel.to_path_buf()),
+            None => open_on_pool(
+                Arc::clone(&self.root),
+                rel.to_path_buf(),
+                self.opened.clone(),
+            ),
         }
     }
 
@@ -176,11 +198,11 @@ fn metadata_how() -> OpenHow {
     OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
 }
 
-fn open_on_pool(root: Arc<Root>, rel: PathBuf) -> Answer<CachedFile> {
+fn open_on_pool(root: Arc<Root>, rel: PathBuf, opened: Option<Arc<Opened>>) -> Answer<CachedFile> {
     Answer::Pool(tokio::task::spawn_blocking(move || {
         let file = fs::File::from(root.lookup(&rel, open_how())?);
         let stat = Stat::from(file.metadata()?);
-        CachedFile::regular(file, stat)
+        CachedFile::regular(file, stat, opened.as_deref())
     }))
 }
 
@@ -405,12 +427,19 @@ impl CachedFile {
     /// The open `file` with attributes `stat`, or not found when it is not a regular file:
     /// ServeDir opens only what it means to send, and reading a directory fails while a FIFO,
     /// socket or device could hold a thread or answer anything.
-    fn regular(file: fs::File, stat: Stat) -> io::Result<Self> {
+    /// The file is noted in `opened` when given.
+    fn regular(file: fs::File, stat: Stat, opened: Option<&Opened>) -> io::Result<Self> {
         if stat.kind != Kind::File {
             return Err(not_found());
         }
+        let file = Arc::new(file);
+        if let Some(opened) = opened {
+            // A panic elsewhere while it was held left a whole entry or none: still good.
+            let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
+            *opened = Some((Arc::clone(&file), stat.len));
+        }
         Ok(CachedFile {
-            file: Arc::new(file),
+            file,
             stat,
             offset: 0,
             pending: None,
@@ -694,7 +723,7 @@ mod tests {
         runtime().block_on(async {
             let kinds = [
                 files.open(served("missing")).await.err().map(|e| e.kind()),
-                open_on_pool(Arc::clone(&files.root), missing.clone())
+                open_on_pool(Arc::clone(&files.root), missing.clone(), None)
                     .await
                     .err()
                     .map(|e| e.kind()),
@@ -724,7 +753,7 @@ mod tests {
                 (cached.is_dir(), cached.len(), cached.modified().unwrap()),
                 (pooled.is_dir(), pooled.len(), pooled.modified().unwrap())
             );
-            let file = open_on_pool(root(), "f".into()).await.unwrap();
+            let file = open_on_pool(root(), "f".into(), None).await.unwrap();
             assert_eq!(file.metadata().await.unwrap().len(), 5000);
         });
     }
@@ -740,7 +769,7 @@ mod tests {
             let kinds = runtime().block_on(async {
                 [
                     files.open(served("fifo")).await.err().map(|e| e.kind()),
-                    open_on_pool(Arc::clone(&files.root), "fifo".into())
+                    open_on_pool(Arc::clone(&files.root), "fifo".into(), None)
                         .await
                         .err()
                         .map(|e| e.kind()),
@@ -776,7 +805,7 @@ mod tests {
                 let cached = files.open(served(&rel)).await.map(drop);
                 // The pool is handed what the calling thread let through.
                 let pooled = match files.root.relative(&served(&rel)) {
-                    Ok(rel) => open_on_pool(Arc::clone(&files.root), rel.into()).await,
+                    Ok(rel) => open_on_pool(Arc::clone(&files.root), rel.into(), None).await,
                     Err(e) => Err(e),
                 };
                 assert_eq!(cached.is_ok(), pooled.is_ok(), "cached and pool disagree");
@@ -812,7 +841,7 @@ mod tests {
         let bytes = contents(POOL_READ_MAX + 30_000);
         let dir = dir_with("f", &bytes);
         runtime().block_on(async {
-            let mut file = open_on_pool(Arc::clone(&backend(&dir).root), "f".into())
+            let mut file = open_on_pool(Arc::clone(&backend(&dir).root), "f".into(), None)
                 .await
                 .unwrap();
             let mut read = Vec::new();

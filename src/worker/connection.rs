@@ -11,29 +11,34 @@ use tracing::debug;
 use super::activity::Activity;
 use super::h2_flood::FloodGuard;
 use super::proxy_protocol::{self, Prefixed};
+use super::sendfile::{FileSending, Socket};
 use super::service::HyperService;
 use super::tracked::Tracked;
 use super::{Shared, tls};
-use crate::application::{AppService, ClientAddr};
+use crate::application::{AppService, ClientAddr, FileSender, Spans};
 use crate::log::access::{self, Session};
 
 /// Serves `io` on its own task, over TLS when `tls` says so. The socket counts as open work
 /// until it is closed, even if it is upgraded and handed to the application.
 pub(crate) fn spawn<IO, S>(
-    io: IO,
+    socket: IO,
     peer: Option<SocketAddr>,
     tls: bool,
     service: S,
     shared: &'static Shared,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Socket,
     S: AppService,
 {
     if let Some(meter) = &shared.meter {
         meter.accepted();
     }
+    // The listener serves TLS only when the worker has an acceptor: see `Shared::tls`.
+    let tls = shared.tls.as_ref().filter(|_| tls);
+    // Files are sent as they are only where the socket carries the response as hyper wrote it.
+    let spans = tls.is_none().then(Arc::default);
     let mut io = Tracked::new(
-        io,
+        FileSending::new(socket, spans.clone()),
         shared.tracker.token(),
         shared.seat,
         &shared.room,
@@ -50,14 +55,13 @@ pub(crate) fn spawn<IO, S>(
         };
         let io = Prefixed::new(rest, io);
         let client = ClientAddr::of(peer, source);
-        // The listener serves TLS only when the worker has an acceptor: see `Shared::tls`.
-        match shared.tls.as_ref().filter(|_| tls) {
-            None => serve(io, client, None, service, shared).await,
+        match tls {
+            None => serve(io, client, None, spans, service, shared).await,
             Some(acceptor) => match tls::handshake(acceptor, io, shared.idle_timeout).await {
                 Ok(stream) => {
                     // Only the access log reads it.
                     let session = access::enabled().then(|| Arc::new(tls::session(&stream)));
-                    serve(stream, client, session, service, shared).await;
+                    serve(stream, client, session, None, service, shared).await;
                 }
                 Err(why) => debug!("closing a connection: {why}"),
             },
@@ -71,6 +75,7 @@ async fn serve<IO, S>(
     io: IO,
     client: ClientAddr,
     session: Option<Arc<Session>>,
+    spans: Option<Arc<Spans>>,
     service: S,
     shared: &'static Shared,
 ) where
@@ -80,7 +85,14 @@ async fn serve<IO, S>(
     let io = TokioIo::new(FloodGuard::new(io, &shared.floods));
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
-    let service = HyperService::new(service, shared, Arc::clone(&activity), client, session);
+    let service = HyperService::new(
+        service,
+        shared,
+        Arc::clone(&activity),
+        client,
+        session,
+        spans.map(FileSender::new),
+    );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // Watched for the connection's whole life, its drain included: GOAWAY does not open a

@@ -14,6 +14,7 @@ mod proxy_protocol;
 mod reclaim;
 mod response;
 mod room;
+mod sendfile;
 mod service;
 mod shed;
 mod stop;

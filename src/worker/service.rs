@@ -21,7 +21,7 @@ use super::activity::{Activity, InFlight};
 use super::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use super::response::ResponseBody;
 use crate::application::ClientAddr;
-use crate::application::{AppService, Connection, RequestBody};
+use crate::application::{AppService, Connection, FileSender, RequestBody};
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::log::access::{Entry, Session};
@@ -38,6 +38,8 @@ pub(crate) struct HyperService<S> {
     client: ClientAddr,
     /// The connection's TLS session, when it is over TLS and there is an access log.
     session: Option<Arc<Session>>,
+    /// Given to HTTP/1 requests when the connection can send files as they are (no TLS).
+    sender: Option<FileSender>,
 }
 
 impl<S> HyperService<S> {
@@ -47,6 +49,7 @@ impl<S> HyperService<S> {
         activity: Arc<Activity>,
         client: ClientAddr,
         session: Option<Arc<Session>>,
+        sender: Option<FileSender>,
     ) -> Self {
         Self {
             inner,
@@ -54,6 +57,7 @@ impl<S> HyperService<S> {
             activity,
             client,
             session,
+            sender,
         }
     }
 
@@ -132,6 +136,10 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for HyperService<
             extensions.insert(axum::extract::ConnectInfo(addr));
         }
         extensions.insert(client);
+        // HTTP/2 frames every body itself: a file's bytes cannot go to the socket as they are.
+        if let Some(sender) = self.sender.as_ref().filter(|_| http1) {
+            extensions.insert(sender.clone());
+        }
         ResponseFuture::App {
             inner: self.inner.clone().oneshot(req),
             closing,

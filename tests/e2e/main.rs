@@ -11,6 +11,7 @@ mod frames;
 mod h2;
 mod h2_floods;
 mod http;
+mod large_files;
 mod layers;
 mod limits;
 mod load;
