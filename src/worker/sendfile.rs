@@ -201,3 +201,76 @@ impl<S: Socket> AsyncWrite for FileSending<S> {
         Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::application::FileSender;
+
+    /// A body's frames as hyper would get them: stand-ins, their ranges queued on `spans`.
+    async fn stand_ins(spans: &Arc<Spans>, content: &[u8], offset: u64, len: u64) -> Bytes {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(content).unwrap();
+        let body = FileSender::new(Arc::clone(spans)).body(Arc::new(file), offset, len);
+        // One frame: its bytes are the stand-in itself, not a copy.
+        let stand_in = body.collect().await.unwrap().to_bytes();
+        assert!(is_stand_in(&stand_in));
+        stand_in
+    }
+
+    #[tokio::test]
+    async fn a_stand_in_after_a_head_goes_out_as_its_file_range() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let spans = Arc::new(Spans::default());
+        let mut socket = FileSending::new(ours, Some(Arc::clone(&spans)));
+        let stand_in = stand_ins(&spans, b"0123456789", 2, 5).await;
+        let head = b"HEAD\r\n";
+        let bufs = [IoSlice::new(head), IoSlice::new(&stand_in)];
+        let n = socket.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, head.len() + 5);
+        drop(socket);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"HEAD\r\n23456");
+        assert!(spans.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stand_in_without_its_range_is_refused_not_written() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let spans = Arc::new(Spans::default());
+        let stand_in = stand_ins(&spans, b"0123456789", 0, 10).await;
+        // No socket was told of the range: none may write it.
+        let mut untold = FileSending::new(ours, None);
+        let e = untold.write(&stand_in).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A socket told of another range refuses it too.
+        let mut told = FileSending::new(untold.socket, Some(Arc::clone(&spans)));
+        let e = told.write(&stand_in[..4]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        spans.lock().clear();
+        let e = told.write(&stand_in).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        drop(told);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{} bytes were written", got.len());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_ends_early_fails_the_write() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let spans = Arc::new(Spans::default());
+        let mut socket = FileSending::new(ours, Some(Arc::clone(&spans)));
+        let stand_in = stand_ins(&spans, b"0123", 0, 10).await;
+        assert_eq!(socket.write(&stand_in).await.unwrap(), 4);
+        let e = socket.write(&stand_in[4..]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
