@@ -264,6 +264,43 @@ fn tls_serves_h2_and_http1_by_alpn_beside_a_cleartext_address() {
     }
 }
 
+/// Over TLS the worker encrypts every byte, so a large file is read, not sent by the kernel
+/// from its stand-ins: the client gets the file's bytes over HTTP/1.1 and HTTP/2.
+#[test]
+fn tls_large_files_come_whole_over_http1_and_h2() {
+    let setup = Setup::new();
+    let root = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251 + 1) as u8).collect();
+    std::fs::write(root.path().join("big"), &big).unwrap();
+    let (_server, https) = setup.start(Bin::Prefork, 1, &["--root", root.path().to_str().unwrap()]);
+    runtime().block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        let mut send = http1(connect(&connector, https).await.unwrap()).await;
+        let req = http::Request::get("/big")
+            .header("host", "localhost")
+            .body(Empty::new())
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body == big, "the file differs over TLS and HTTP/1.1");
+
+        let connector = setup.client(&[b"h2"], None);
+        let stream = connect(&connector, https).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("https://localhost/big")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body == big, "the file differs over TLS and HTTP/2");
+    });
+}
+
 #[test]
 fn several_certificates_are_chosen_by_the_name_the_client_asks_for() {
     let setup = Setup::new();
