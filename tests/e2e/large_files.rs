@@ -166,3 +166,43 @@ fn a_file_truncated_while_sent_ends_its_response_short_and_the_worker_serves_on(
         server.log()
     );
 }
+
+#[test]
+fn a_large_download_in_flight_at_term_completes_and_is_logged() {
+    let root = tempfile::tempdir().unwrap();
+    let big = pattern(32 << 20);
+    fs::write(root.path().join("big"), &big).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
+    let mut server = Server::builder(Bin::Prefork, 1)
+        .args(&["--root", root.path().to_str().unwrap()])
+        .args(&["--access-logfile", access.to_str().unwrap()])
+        .start();
+
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    // The head and a first part: the response is under way, most of it still to send.
+    let mut got = vec![0; 64 << 10];
+    stream.read_exact(&mut got).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    stream.read_to_end(&mut got).unwrap();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // The connection closed (the read reached its end) after the whole body, not before.
+    assert!(
+        got[head_end..] == big[..],
+        "the download differs or was cut"
+    );
+
+    let (status, _) = server.expect_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    let line = fs::read_to_string(&access).unwrap();
+    assert!(
+        line.contains(&format!("\"GET /big HTTP/1.1\" 200 {}", big.len())),
+        "{line}"
+    );
+}
