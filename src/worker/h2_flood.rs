@@ -38,7 +38,7 @@ const WINDOW: Duration = Duration::from_secs(10);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// What an HTTP/2 client sends first (RFC 9113, 3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The GOAWAY error code for floods.
 const ENHANCE_YOUR_CALM: u32 = 0xb;

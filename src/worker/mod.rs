@@ -10,6 +10,8 @@ mod h2_flood;
 mod h2_frames;
 mod heap;
 mod metrics;
+mod prefixed;
+mod protocol;
 mod proxy_protocol;
 mod reclaim;
 mod response;
@@ -26,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getppid};
 use tokio_util::task::TaskTracker;
@@ -62,7 +64,7 @@ impl std::fmt::Display for Me {
 
 /// State every connection of the worker shares.
 pub(crate) struct Shared {
-    builder: auto::Builder<TokioExecutor>,
+    protocols: protocol::Builders,
     drain: Drain,
     /// What a request's extensions start as: the drain handle (see [`service::extensions`]).
     extensions: http::Extensions,
@@ -246,7 +248,7 @@ where
     // Every connection and request refers to this until the process exits, so it is leaked
     // rather than reference-counted: no atomic increments per connection and per request.
     let shared: &'static Shared = Box::leak(Box::new(Shared {
-        builder: http_builder(&config),
+        protocols: protocols(&config),
         extensions: service::extensions(&drain),
         drain,
         tracker: TaskTracker::new(),
@@ -431,29 +433,31 @@ const HTTP2_FIELD_OVERHEAD: usize = 32;
 /// HTTP/2 pseudo-header fields of a request, which stand in for the request line.
 const HTTP2_PSEUDO_FIELDS: usize = 4;
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let mut http1 = builder.http1();
+fn protocols(config: &Config) -> protocol::Builders {
+    let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
         .keep_alive(!config.keepalive.is_zero())
         // hyper restarts this timer before every request head, so on a keep-alive connection
         // it is also the idle timeout.
         .header_read_timeout(idle_timeout(config))
-        // The read buffer holds the head until it is parsed: bounding it bounds the head.
-        .max_buf_size(MAX_HEAD);
+        // The read buffer holds the head until it is parsed. hyper stops growing it at this
+        // size but reads into all of its spare room, so a head somewhat larger can arrive
+        // whole in it: the bound on the head itself refuses that one.
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD);
     // Past its own number of fields hyper answers 431 itself; below it the service does.
     if config.limit_request_fields > HYPER_MAX_HEADERS {
         http1.max_headers(config.limit_request_fields);
     }
     // hyper's defaults against rapid reset (pending accept resets) and CONTINUATION floods
     // (bounded by the header list size) are kept.
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
         .max_header_list_size(header_list_size(config));
-    builder
+    protocol::Builders { http1, http2 }
 }
 
 /// The largest HTTP/2 header list: what the HTTP/1 limits allow, counted as HTTP/2 counts, and

@@ -173,7 +173,7 @@ pub(crate) fn extensions(drain: &Drain) -> Extensions {
 
 /// What a request may hold, checked before it reaches the application (see
 /// `docs/security.md`, "Request limits"). hyper bounds the whole head and, past its own
-/// default, the number of fields (`http_builder`); what it does not check is checked here.
+/// default, the number of fields (`protocols`); what it does not check is checked here.
 pub(crate) struct Limits {
     /// Longest HTTP/1 request line, in bytes without the line end; 0 for no limit.
     line: usize,

@@ -12,7 +12,7 @@ use tokio_rustls::server::TlsStream;
 use crate::config::Tls;
 use crate::log::access::Session;
 
-/// The protocols offered by ALPN, preferred first. hyper-util's auto builder then tells them
+/// The protocols offered by ALPN, preferred first. [`super::protocol`] then tells them
 /// apart by the HTTP/2 preface.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
