@@ -29,6 +29,19 @@ fn serve(root: &Path) -> Server {
         .start()
 }
 
+/// A connection on which `GET path` has begun: the response's head and first bytes, 64 KiB
+/// in all, have come, and the client then stops reading (most is still to send).
+fn download_begun(server: &Server, path: &str) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut got = vec![0; 64 << 10];
+    stream.read_exact(&mut got).unwrap();
+    (stream, got)
+}
+
 /// The read system calls the process has made (`syscr` in `/proc/PID/io`).
 fn read_calls(pid: Pid) -> u64 {
     let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
@@ -105,13 +118,7 @@ fn a_file_truncated_while_sent_ends_its_response_short_and_the_worker_serves_on(
     let server = serve(root.path());
     let worker = server.wait_workers(1, &[]);
 
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
-        .write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    let mut got = vec![0; 64 << 10];
-    stream.read_exact(&mut got).unwrap();
+    let (mut stream, mut got) = download_begun(&server, "/big");
     let head_end = got
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -179,14 +186,7 @@ fn a_large_download_in_flight_at_term_completes_and_is_logged() {
         .args(&["--access-logfile", access.to_str().unwrap()])
         .start();
 
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
-        .write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    // The head and a first part: the response is under way, most of it still to send.
-    let mut got = vec![0; 64 << 10];
-    stream.read_exact(&mut got).unwrap();
+    let (mut stream, mut got) = download_begun(&server, "/big");
     server.signal(nix::sys::signal::Signal::SIGTERM);
     stream.read_to_end(&mut got).unwrap();
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
