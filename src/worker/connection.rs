@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::activity::Activity;
+use super::h2_batch::{Batched, Batching};
 use super::h2_flood::FloodGuard;
 use super::proxy_protocol::{self, Prefixed};
 use super::service::HyperService;
@@ -77,11 +78,12 @@ async fn serve<IO, S>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let io = TokioIo::new(FloodGuard::new(io, &shared.floods));
+    let io = TokioIo::new(Batched::new(FloodGuard::new(io, &shared.floods)));
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
     let service = HyperService::new(service, shared, Arc::clone(&activity), client, session);
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
+    let conn = Batching::new(conn, &activity);
     tokio::pin!(conn);
     // Watched for the connection's whole life, its drain included: GOAWAY does not open a
     // client's window.
@@ -111,7 +113,7 @@ async fn serve<IO, S>(
             () = activity.closing() => {}
         }
     }
-    conn.as_mut().graceful_shutdown();
+    conn.as_mut().conn().graceful_shutdown();
     tokio::select! {
         result = conn.as_mut() => finished(result),
         () = &mut stalled => {}
