@@ -10,6 +10,7 @@ mod drain;
 mod frames;
 mod h2;
 mod h2_floods;
+mod h2_writes;
 mod http;
 mod large_files;
 mod layers;

@@ -144,6 +144,17 @@ pub fn own_cpu_time() -> Duration {
     cpu_time(nix::unistd::getpid())
 }
 
+/// How many write system calls (`write`, `writev`, `sendto` and the like) `pid` has made so
+/// far, every thread included: `syscw` of `/proc/PID/io`.
+pub fn write_calls(pid: Pid) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("syscw:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// How many sockets `pid` has open (listeners and control channels included).
 pub fn sockets(pid: Pid) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| {
