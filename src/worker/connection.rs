@@ -8,7 +8,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::activity::Activity;
-use super::h2_batch::{Batched, Batching};
 use super::h2_flood::FloodGuard;
 use super::prefixed::Prefixed;
 use super::proxy_protocol;
@@ -100,7 +99,7 @@ async fn serve<IO, S>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let io = Batched::new(FloodGuard::new(io, &shared.floods));
+    let io = FloodGuard::new(io, &shared.floods);
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
     let service = HyperService::new(
@@ -111,8 +110,7 @@ async fn serve<IO, S>(
         session,
         spans.map(FileSender::new),
     );
-    let conn = Batching::new(shared.protocols.serve(io, service), &activity);
-    tokio::pin!(conn);
+    let mut conn = shared.protocols.serve(io, service);
     // Watched for the connection's whole life, its drain included: GOAWAY does not open a
     // client's window.
     let stalled = flow_stalled(&activity, shared.io_timeout);
@@ -120,7 +118,7 @@ async fn serve<IO, S>(
     let draining = tokio::select! {
         // The connection first: it is what wakes this task nearly every time.
         biased;
-        result = conn.as_mut() => return finished(result),
+        result = &mut conn => return finished(result),
         () = &mut stalled => return,
         () = shared.drain.draining() => true,
         // GOAWAY for HTTP/2; a connection that never sent a request is closed.
@@ -135,15 +133,15 @@ async fn serve<IO, S>(
         // only then close what is still idle. A request in flight then still completes.
         // HTTP/2 needs no such window: its GOAWAY tells the client which streams were taken.
         tokio::select! {
-            result = conn.as_mut() => return finished(result),
+            result = &mut conn => return finished(result),
             () = &mut stalled => return,
             () = tokio::time::sleep_until(shared.linger_until().into()) => {}
             () = activity.closing() => {}
         }
     }
-    conn.as_mut().conn().graceful_shutdown();
+    conn.graceful_shutdown();
     tokio::select! {
-        result = conn.as_mut() => finished(result),
+        result = &mut conn => finished(result),
         () = &mut stalled => {}
     }
 }

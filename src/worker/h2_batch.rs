@@ -7,9 +7,9 @@
 //! `writev` of its own (20 032 for 20 000 responses of 1 KiB to 16 connections with 10
 //! streams each, where h2o made 2 000, one per batch of requests read).
 //!
-//! While [`Batching`] polls an HTTP/2 connection, [`Batched`] copies small writes into a
+//! While [`poll_batched`] polls an HTTP/2 connection, [`Batched`] copies small writes into a
 //! buffer and answers h2's flushes at once without writing; when the poll ends with bytes
-//! held, [`Batching`] polls the connection once more with holding off, and h2, which ends
+//! held, [`poll_batched`] polls the connection once more with holding off, and h2, which ends
 //! every poll that wrote with a flush, writes them out in one call. Bytes are therefore never
 //! held past the poll that produced them: the most a client waits for is the rest of that
 //! poll. Large writes (a DATA frame of [`COPY_LIMIT`] or more) are not copied; they go out
@@ -18,8 +18,8 @@
 //! Which poll holds is told through a thread-local flag rather than a field shared by the two
 //! halves: a task's poll runs on one thread from start to end, only the connection's own
 //! socket is written during it (h2's stream tasks only queue frames for it), and the flag
-//! needs no allocation per connection. HTTP/1 connections never hold: hyper writes each
-//! response in one call already.
+//! needs no allocation per connection. HTTP/1 connections are not batched: hyper writes each
+//! response in one call already (see `protocol`).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -27,10 +27,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use super::activity::Activity;
 
 /// Writes of this many bytes or more are not copied into the batch: for large bodies the copy
 /// would cost more than the system call it saves. In bytes; 8 KiB takes a response of up to
@@ -82,49 +79,24 @@ impl Drop for HoldGuard {
     }
 }
 
-pin_project! {
-    /// An HTTP connection's future, polled so that what an HTTP/2 connection writes in one
-    /// poll goes out in one write (see the module doc).
-    pub(crate) struct Batching<'a, F> {
-        #[pin]
-        conn: F,
-        activity: &'a Activity,
+/// Polls an HTTP/2 connection so that what it writes in this poll goes out in one write (see
+/// the module doc); its socket must be [`Batched`].
+pub(crate) fn poll_batched<F: Future>(
+    mut conn: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let hold = HoldGuard::on();
+    let first = conn.as_mut().poll(cx);
+    if hold.owed() && first.is_pending() {
+        // h2 flushes at the end of every poll that buffered a frame; with holding off this
+        // flush writes. (A connection that completed has shut its socket down, which writes
+        // what is held first.)
+        return conn.poll(cx);
     }
+    first
 }
 
-impl<'a, F: Future> Batching<'a, F> {
-    /// `activity` says whether the connection is HTTP/2 (known from its first request).
-    pub(crate) fn new(conn: F, activity: &'a Activity) -> Self {
-        Self { conn, activity }
-    }
-
-    /// The connection, to shut it down gracefully.
-    pub(crate) fn conn(self: Pin<&mut Self>) -> Pin<&mut F> {
-        self.project().conn
-    }
-}
-
-impl<F: Future> Future for Batching<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut this = self.project();
-        if !this.activity.is_http2() {
-            return this.conn.poll(cx);
-        }
-        let hold = HoldGuard::on();
-        let first = this.conn.as_mut().poll(cx);
-        if hold.owed() && first.is_pending() {
-            // h2 flushes at the end of every poll that buffered a frame; with holding off this
-            // flush writes. (A connection that completed has shut its socket down, which
-            // writes what is held first.)
-            return this.conn.poll(cx);
-        }
-        first
-    }
-}
-
-/// A connection's socket with the write buffer of [`Batching`].
+/// An HTTP/2 connection's socket, with the write buffer of [`poll_batched`].
 pub(crate) struct Batched<IO> {
     io: IO,
     /// Bytes accepted from h2 and not yet written; empty, and unallocated, between batches.
@@ -334,35 +306,34 @@ mod tests {
         })
     }
 
-    fn poll_once(future: impl Future<Output = ()>) {
+    /// Polls `conn` once, batched or not.
+    fn poll_once(mut conn: impl Future<Output = ()> + Unpin, batched: bool) {
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(std::pin::pin!(future).poll(&mut cx).is_pending());
-    }
-
-    fn http2() -> Arc<Activity> {
-        let activity = Arc::new(Activity::default());
-        drop(activity.http2());
-        activity
+        let conn = Pin::new(&mut conn);
+        let polled = if batched {
+            poll_batched(conn, &mut cx)
+        } else {
+            conn.poll(&mut cx)
+        };
+        assert!(polled.is_pending());
     }
 
     #[test]
     fn what_an_http2_poll_writes_leaves_in_one_call() {
         let socket = Recorder::default();
         let frames = vec![vec![1; 300], vec![2; 1100], vec![3; 40]];
-        let activity = http2();
         let conn = connection(Batched::new(socket.clone()), frames.clone());
-        poll_once(Batching::new(conn, &activity));
+        poll_once(conn, true);
         assert_eq!(socket.calls(), vec![frames.concat()]);
         assert!(!holding(), "holding is off once the poll is over");
     }
 
     #[test]
-    fn http1_writes_are_passed_through() {
+    fn writes_outside_a_batched_poll_are_passed_through() {
         let socket = Recorder::default();
         let frames = vec![vec![1; 300], vec![2; 1100]];
-        let activity = Activity::default();
         let conn = connection(Batched::new(socket.clone()), frames.clone());
-        poll_once(Batching::new(conn, &activity));
+        poll_once(conn, false);
         assert_eq!(socket.calls(), frames);
     }
 
@@ -370,9 +341,8 @@ mod tests {
     fn a_large_write_is_not_copied_but_leaves_behind_what_is_held() {
         let socket = Recorder::default();
         let frames = vec![vec![1; 300], vec![2; COPY_LIMIT], vec![3; 40]];
-        let activity = http2();
         let conn = connection(Batched::new(socket.clone()), frames.clone());
-        poll_once(Batching::new(conn, &activity));
+        poll_once(conn, true);
         let calls = socket.calls();
         assert_eq!(calls, vec![frames[..2].concat(), frames[2].clone()]);
     }
@@ -382,9 +352,8 @@ mod tests {
         let socket = Recorder::default();
         // As many as the batch holds, one that goes out with them, and one more.
         let frames = vec![vec![7; COPY_LIMIT - 1]; BATCH_LIMIT / (COPY_LIMIT - 1) + 2];
-        let activity = http2();
         let conn = connection(Batched::new(socket.clone()), frames.clone());
-        poll_once(Batching::new(conn, &activity));
+        poll_once(conn, true);
         let calls = socket.calls();
         assert_eq!(calls.concat(), frames.concat());
         assert!(

@@ -22,6 +22,7 @@ use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::h2_batch::{self, Batched};
 use super::h2_flood::PREFACE;
 use super::prefixed::Prefixed;
 
@@ -52,6 +53,9 @@ impl Builders {
 /// The socket as hyper is given it.
 type Io<IO> = TokioIo<Prefixed<IO>>;
 
+/// hyper's HTTP/2 connection, its writes batched.
+type Http2<IO, S> = http2::Connection<Io<Batched<IO>>, S, TokioExecutor>;
+
 /// One connection, from its first bytes until it closes or is upgraded.
 // The HTTP/1 state is where nearly every connection spends its life, and the enum is only as
 // large as it: boxing it would add an allocation, not save memory.
@@ -69,8 +73,9 @@ where
         builders: &'static Builders,
     },
     Http1(http1::UpgradeableConnection<Io<IO>, S>),
-    /// Boxed: HTTP/1 connections, the most numerous, do not carry room for it.
-    Http2(Pin<Box<http2::Connection<Io<IO>, S, TokioExecutor>>>),
+    /// Boxed: HTTP/1 connections, the most numerous, do not carry room for it. Its writes are
+    /// batched per poll (see [`h2_batch`]).
+    Http2(Pin<Box<Http2<IO, S>>>),
     /// Shut down before it sent enough to tell.
     Closed,
 }
@@ -111,10 +116,12 @@ where
         else {
             return self;
         };
-        let io = TokioIo::new(Prefixed::new(read[..filled].to_vec(), io));
+        let read = read[..filled].to_vec();
         if http2 {
+            let io = TokioIo::new(Prefixed::new(read, Batched::new(io)));
             Connection::Http2(Box::pin(builders.http2.serve_connection(io, service)))
         } else {
+            let io = TokioIo::new(Prefixed::new(read, io));
             Connection::Http1(builders.http1.serve_connection(io, service).with_upgrades())
         }
     }
@@ -142,7 +149,9 @@ where
                     *this = std::mem::replace(this, Connection::Closed).serving(http2);
                 }
                 Connection::Http1(conn) => return Pin::new(conn).poll(cx).map_err(Into::into),
-                Connection::Http2(conn) => return conn.as_mut().poll(cx).map_err(Into::into),
+                Connection::Http2(conn) => {
+                    return h2_batch::poll_batched(conn.as_mut(), cx).map_err(Into::into);
+                }
                 Connection::Closed => return Poll::Ready(Ok(())),
             }
         }
