@@ -47,7 +47,7 @@ pub struct CacheFirst {
 /// The file a request's ServeDir opened to answer it (the last one, should it open several),
 /// and that file's length when opened: the very file whose attributes made the response's
 /// headers, so that its bytes can be sent by the kernel instead (see `super::sent_file`).
-pub type Opened = Mutex<Option<(Arc<fs::File>, u64)>>;
+pub(super) type Opened = Mutex<Option<(Arc<fs::File>, u64)>>;
 
 /// The served directory and what may be served from it.
 #[derive(Debug)]

@@ -16,10 +16,6 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::application::{Spans, is_stand_in};
 
-/// The most one `sendfile(2)` call is asked for: what the kernel would do in one call anyway
-/// (`MAX_RW_COUNT`, about 2 GiB) is far above any socket buffer.
-const SEND_MAX: usize = 1 << 30;
-
 /// A socket the worker serves: what `sendfile(2)` needs of it besides reads and writes.
 pub(crate) trait Socket: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static {
     /// Ready when the socket may take more bytes.
@@ -124,7 +120,8 @@ impl<S: Socket> FileSending<S> {
         loop {
             ready!(self.socket.poll_write_ready(cx))?;
             let fd = self.socket.as_fd();
-            let count = span.remaining.min(SEND_MAX);
+            // A stand-in is at most 1 MiB: the whole range is asked for at once.
+            let count = span.remaining;
             let sent = self.socket.try_write_with(|| {
                 nix::sys::sendfile::sendfile64(fd, span.file.as_fd(), Some(&mut span.offset), count)
                     .map_err(io::Error::from)

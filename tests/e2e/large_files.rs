@@ -9,10 +9,10 @@ use std::net::TcpStream;
 use std::path::Path;
 
 use http_body_util::BodyExt;
-use nix::unistd::Pid;
 
 use super::h2;
 use super::http::Conn;
+use super::support::procfs::read_calls;
 use super::support::{Bin, PATIENCE, Server, runtime};
 
 /// The file's bytes: never zero, and differing from one 4 KiB page to the next, so that a
@@ -42,15 +42,6 @@ fn download_begun(server: &Server, path: &str) -> (TcpStream, Vec<u8>) {
     (stream, got)
 }
 
-/// The read system calls the process has made (`syscr` in `/proc/PID/io`).
-fn read_calls(pid: Pid) -> u64 {
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-    io.lines()
-        .find_map(|line| line.strip_prefix("syscr: "))
-        .and_then(|n| n.parse().ok())
-        .expect("syscr in /proc/PID/io")
-}
-
 #[test]
 fn large_files_are_sent_whole_ranged_and_pipelined_with_their_own_bytes() {
     let root = tempfile::tempdir().unwrap();
@@ -64,9 +55,9 @@ fn large_files_are_sent_whole_ranged_and_pipelined_with_their_own_bytes() {
     };
     let mut conn = Conn::connect(server.addr).unwrap();
 
-    let before = read_calls(worker);
+    let before = read_calls(worker).expect("the worker's /proc/PID/io");
     let whole = conn.get("/big").unwrap();
-    let reads = read_calls(worker) - before;
+    let reads = read_calls(worker).expect("the worker's /proc/PID/io") - before;
     assert_eq!(whole.status, 200);
     assert!(whole.body == big, "the whole file differs");
     // Read through user space, 32 MiB take at least 256 reads of the 128 KiB the static

@@ -144,12 +144,23 @@ pub fn own_cpu_time() -> Duration {
     cpu_time(nix::unistd::getpid())
 }
 
+/// How many read system calls (`read`, `recvfrom`, `sendfile` and the like) `pid` has made so
+/// far, every thread included: `syscr` of `/proc/PID/io`.
+pub fn read_calls(pid: Pid) -> Option<u64> {
+    io_count(pid, "syscr:")
+}
+
 /// How many write system calls (`write`, `writev`, `sendto` and the like) `pid` has made so
 /// far, every thread included: `syscw` of `/proc/PID/io`.
 pub fn write_calls(pid: Pid) -> Option<u64> {
+    io_count(pid, "syscw:")
+}
+
+/// The count after `key` in `/proc/PID/io`.
+fn io_count(pid: Pid, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
     text.lines()
-        .find_map(|line| line.strip_prefix("syscw:"))?
+        .find_map(|line| line.strip_prefix(key))?
         .trim()
         .parse()
         .ok()
