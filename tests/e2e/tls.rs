@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nix::sys::signal::Signal;
 use rustls::pki_types::pem::PemObject;
@@ -171,6 +172,19 @@ async fn request1(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// `GET path` over HTTP/2 on `stream`, the connection's only request.
+async fn h2_get(stream: TlsStream<TcpStream>, path: &str) -> http::Response<Incoming> {
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://localhost{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    send.send_request(req).await.unwrap()
+}
+
 /// Once a reload is complete, an old worker still serves what was queued when it began to
 /// drain: waits until new connections get `serial`, then checks that the next ones all do.
 async fn wait_for_serial(connector: &TlsConnector, addr: SocketAddr, serial: u64) {
@@ -206,15 +220,7 @@ fn tls_serves_h2_and_http1_by_alpn_beside_a_cleartext_address() {
         let stream = connect(&connector, https).await.unwrap();
         assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         assert_eq!(serial(&stream), 1);
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("https://localhost/")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = send.send_request(req).await.unwrap();
+        let response = h2_get(stream, "/").await;
         assert_eq!(response.version(), http::Version::HTTP_2);
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -287,15 +293,7 @@ fn tls_large_files_come_whole_over_http1_and_h2() {
 
         let connector = setup.client(&[b"h2"], None);
         let stream = connect(&connector, https).await.unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("https://localhost/big")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = send.send_request(req).await.unwrap();
+        let response = h2_get(stream, "/big").await;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(body == big, "the file differs over TLS and HTTP/2");
     });
