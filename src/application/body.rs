@@ -24,17 +24,19 @@ use crate::stall::Watchdog;
 /// reads.
 pub struct RequestBody {
     inner: Incoming,
-    /// `None` for a body that had ended before the application got it, or with no io timeout.
-    watch: Option<Watch>,
+    /// `None` once the body has ended, and for one that had ended before the application got
+    /// it.
+    connection: Option<Arc<dyn Connection>>,
+    /// `None` with no io timeout, and for a body that had ended before the application got it.
+    arrivals: Option<Watchdog>,
 }
 
-struct Watch {
-    arrivals: Watchdog,
-    connection: Arc<dyn Connection>,
-}
-
-/// The connection a body arrives on, told when the body stalls.
+/// The connection a body arrives on, told when the body begins, ends and stalls.
 pub(crate) trait Connection: Send + Sync {
+    /// A body that has not ended yet was handed to the application.
+    fn body_begun(&self);
+    /// That body was read to its end. Never called for one dropped before its end.
+    fn body_ended(&self);
     /// The body stopped arriving for the io timeout: the connection is not to be reused.
     fn body_stalled(&self);
 }
@@ -47,12 +49,20 @@ impl RequestBody {
         connection: impl FnOnce() -> Arc<dyn Connection>,
     ) -> Self {
         // A request without a body (most GETs) costs no reference to the connection.
-        let watch =
-            (!io_timeout.is_zero() && !http_body::Body::is_end_stream(&inner)).then(|| Watch {
-                arrivals: Watchdog::new(io_timeout),
-                connection: connection(),
-            });
-        Self { inner, watch }
+        if http_body::Body::is_end_stream(&inner) {
+            return Self {
+                inner,
+                connection: None,
+                arrivals: None,
+            };
+        }
+        let connection = connection();
+        connection.body_begun();
+        Self {
+            inner,
+            connection: Some(connection),
+            arrivals: (!io_timeout.is_zero()).then(|| Watchdog::new(io_timeout)),
+        }
     }
 }
 
@@ -66,19 +76,27 @@ impl http_body::Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let Some(watch) = &mut this.watch else {
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(connection) = this.connection.take() {
+            connection.body_ended();
+        }
+        let (Some(arrivals), Some(connection)) = (&mut this.arrivals, &this.connection) else {
             return polled.map_err(Into::into);
         };
         if polled.is_ready() {
-            watch.arrivals.progressed();
+            arrivals.progressed();
             return polled.map_err(Into::into);
         }
-        std::task::ready!(watch.arrivals.poll_stalled(cx));
+        std::task::ready!(arrivals.poll_stalled(cx));
         debug!(
             "a request body stopped arriving for {:?}; closing its connection",
-            watch.arrivals.timeout()
+            arrivals.timeout()
         );
-        watch.connection.body_stalled();
+        connection.body_stalled();
         Poll::Ready(Some(Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the request body stopped arriving for the io timeout",

@@ -1,6 +1,6 @@
 //! What one connection has been doing, as its service sees it: so that an HTTP/2 connection
-//! left without requests can be closed, an idle keep-alive connection shed to make room, and
-//! a stalled one closed. hyper times out idle HTTP/1 connections itself (its header-read
+//! left without requests can be closed, an idle keep-alive connection shed to make room or
+//! parked (see [`super::parking`]), and a stalled one closed. hyper times out idle HTTP/1 connections itself (its header-read
 //! timer) but has no idle timeout for HTTP/2, where a client may keep a connection open forever
 //! without sending a stream.
 
@@ -17,6 +17,19 @@ use crate::application::Connection;
 /// The protocol of a connection's requests (0 until the first one).
 const HTTP1: u8 = 1;
 const HTTP2: u8 = 2;
+
+/// What a connection's task is asked to do, as bits of [`Activity::asked`].
+const CLOSE: u8 = 1;
+const PARK: u8 = 2;
+
+/// What [`Activity::asked`] completes with.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Close gracefully: a request body stalled, or the worker needs the descriptor.
+    Close,
+    /// Give back hyper's buffers, if the connection is still an idle HTTP/1 one.
+    Park,
+}
 
 /// Checks per idle period: a connection is closed between one and 1 + 1/`TICKS` idle periods
 /// after its last request, without reading the clock on every request.
@@ -35,11 +48,18 @@ pub(crate) struct Activity {
     /// When `open` last fell to zero, in milliseconds of the coarse monotonic clock; zero
     /// until a first request was answered.
     idle_since: AtomicU64,
+    /// Request bodies begun and not read to their end. hyper is still reading (or discarding)
+    /// such a body, so the connection is not between requests even once it has answered.
+    unread: AtomicUsize,
+    /// The `idle_since` of the idle period in which the connection was last asked to park:
+    /// asked once per idle period, parked or not.
+    park_asked: AtomicU64,
     /// HTTP/2 responses waiting on the client's flow-control window.
     pub(crate) flow: Flow,
-    /// Wakes the connection's task to close it gracefully: a request body stalled, or the
-    /// worker needs its descriptor.
-    close: Notify,
+    /// What the connection's task is asked to do ([`CLOSE`], [`PARK`]), and the wake-up
+    /// that goes with it.
+    asks: AtomicU8,
+    ask: Notify,
 }
 
 impl Activity {
@@ -85,15 +105,64 @@ impl Activity {
         (since != 0 && self.open.load(Ordering::Relaxed) == 0).then_some(since)
     }
 
-    /// Asks the connection's task to close the connection gracefully (see [`Self::closing`]).
-    pub(crate) fn close(&self) {
-        // A permit is kept if the task is not waiting yet.
-        self.close.notify_one();
+    /// How long the connection has been an idle keep-alive one (see [`Self::idle_since`]).
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        let since = self.idle_since()?;
+        Some(Duration::from_millis(coarse_now().saturating_sub(since)))
     }
 
-    /// Completes once [`Self::close`] was called.
+    /// Asks the connection's task to close the connection gracefully (see [`Self::closing`]).
+    pub(crate) fn close(&self) {
+        self.asks.fetch_or(CLOSE, Ordering::Relaxed);
+        // A permit is kept if the task is not waiting yet.
+        self.ask.notify_one();
+    }
+
+    /// Asks an HTTP/1 connection that has been idle since `before` or longer (in milliseconds
+    /// of [`coarse_now`]), with no request body left unread, to park; true if it was asked.
+    /// A connection is asked once per idle period.
+    pub(crate) fn park_if_idle(&self, before: u64) -> bool {
+        let Some(since) = self.idle_since().filter(|since| *since <= before) else {
+            return false;
+        };
+        if !self.is_http1()
+            || self.unread.load(Ordering::Relaxed) > 0
+            || self.park_asked.swap(since, Ordering::Relaxed) == since
+        {
+            return false;
+        }
+        self.asks.fetch_or(PARK, Ordering::Relaxed);
+        self.ask.notify_one();
+        true
+    }
+
+    /// Whether the connection is between HTTP/1 requests as far as its service can tell: no
+    /// request open, no request body unread. hyper may still hold a response not yet flushed,
+    /// which only the socket's side can tell (see [`super::parking::Rest`]).
+    pub(crate) fn between_http1_requests(&self) -> bool {
+        self.is_http1()
+            && self.open.load(Ordering::Relaxed) == 0
+            && self.unread.load(Ordering::Relaxed) == 0
+    }
+
+    /// Completes with what the connection's task was asked to do since it last looked; a
+    /// close wins over a park asked at the same time.
+    pub(crate) async fn asked(&self) -> Ask {
+        loop {
+            self.ask.notified().await;
+            let asks = self.asks.swap(0, Ordering::Relaxed);
+            if asks & CLOSE != 0 {
+                return Ask::Close;
+            }
+            if asks & PARK != 0 {
+                return Ask::Park;
+            }
+        }
+    }
+
+    /// Completes once [`Self::close`] was called; a park asked meanwhile is ignored.
     pub(crate) async fn closing(&self) {
-        self.close.notified().await;
+        while self.asked().await != Ask::Close {}
     }
 
     /// Completes once the connection has gone `limit` without a request: an HTTP/2 connection
@@ -122,6 +191,14 @@ impl Activity {
 }
 
 impl Connection for Activity {
+    fn body_begun(&self) {
+        self.unread.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn body_ended(&self) {
+        self.unread.fetch_sub(1, Ordering::Relaxed);
+    }
+
     fn body_stalled(&self) {
         self.close();
     }
@@ -129,7 +206,7 @@ impl Connection for Activity {
 
 /// The coarse monotonic clock in milliseconds (never zero): a few milliseconds of resolution,
 /// for a fraction of the cost of the precise clock, read once per request.
-fn coarse_now() -> u64 {
+pub(super) fn coarse_now() -> u64 {
     match clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE) {
         // The monotonic clock is never negative.
         Ok(now) => (now.tv_sec() as u64 * 1000 + now.tv_nsec() as u64 / 1_000_000).max(1),
@@ -232,6 +309,54 @@ mod tests {
         let _next = activity.http2();
         assert_eq!(activity.idle_since(), None, "busy again");
         assert!(since > 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_http1_connection_is_asked_to_park_once_per_idle_period() {
+        let activity = Arc::new(Activity::default());
+        assert!(!activity.park_if_idle(u64::MAX), "asked before any request");
+        drop(activity.http1());
+        let since = activity.idle_since().unwrap();
+        assert!(
+            !activity.park_if_idle(since - 1),
+            "asked before idle long enough"
+        );
+        assert!(activity.park_if_idle(since));
+        assert!(
+            !activity.park_if_idle(u64::MAX),
+            "asked twice in one idle period"
+        );
+        assert_eq!(activity.asked().await, Ask::Park);
+        assert!(activity.between_http1_requests());
+
+        let request = activity.http1();
+        assert!(!activity.between_http1_requests(), "a request open");
+        drop(request);
+        activity.idle_since.store(since + 10, Ordering::Relaxed);
+        assert!(activity.park_if_idle(u64::MAX), "a new idle period");
+        activity.close();
+        assert_eq!(activity.asked().await, Ask::Close, "a close wins");
+    }
+
+    #[test]
+    fn a_connection_reading_a_request_body_or_on_http2_is_not_asked_to_park() {
+        let activity = Arc::new(Activity::default());
+        let request = activity.http1();
+        activity.body_begun();
+        drop(request);
+        assert!(!activity.between_http1_requests());
+        assert!(!activity.park_if_idle(u64::MAX), "asked with a body unread");
+        activity.body_ended();
+        assert!(activity.between_http1_requests());
+        assert!(activity.park_if_idle(u64::MAX));
+
+        let activity = Arc::new(Activity::default());
+        drop(activity.http2());
+        assert!(
+            !activity.park_if_idle(u64::MAX),
+            "an HTTP/2 connection asked"
+        );
+        assert!(!activity.between_http1_requests());
     }
 
     #[tokio::test(start_paused = true)]
