@@ -409,7 +409,8 @@ pub(crate) static OPTIONS: &[Opt] = &[
         help: "How long an idle keep-alive connection waits for its next request (an HTTP/2 one \
                is then sent GOAWAY); also bounds how long a client may take to send request \
                headers. 0 turns HTTP/1 keep-alive off (idle HTTP/2 connections then get 30s).",
-        more: "",
+        more: "An HTTP/1 connection idle for one to two seconds gives back its buffers (about \
+               8 KiB) until its next request, which is answered as usual.",
         default: Initial::Value("5s"),
         set: Set::One(|config, text, _| {
             config.keepalive = value::duration(text)?;

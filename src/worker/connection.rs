@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tracing::debug;
 
-use super::activity::Activity;
+use super::activity::{Activity, Ask};
 use super::h2_flood::FloodGuard;
 use super::prefixed::Prefixed;
 use super::proxy_protocol;
@@ -114,17 +115,27 @@ async fn serve<IO, S>(
     // Watched for the connection's whole life, its drain included: GOAWAY does not open a
     // client's window.
     let stalled = flow_stalled(&activity, shared.io_timeout);
-    tokio::pin!(stalled);
-    let draining = tokio::select! {
-        // The connection first: it is what wakes this task nearly every time.
-        biased;
-        result = &mut conn => return finished(result),
-        () = &mut stalled => return,
-        () = shared.drain.draining() => true,
-        // GOAWAY for HTTP/2; a connection that never sent a request is closed.
-        () = activity.idle(shared.idle_timeout) => false,
-        // A request body stalled, or the worker sheds the connection to make room.
-        () = activity.closing() => false,
+    let idle = activity.idle(shared.idle_timeout);
+    tokio::pin!(stalled, idle);
+    let draining = loop {
+        tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
+            result = &mut conn => return finished(result),
+            () = &mut stalled => return,
+            () = shared.drain.draining() => break true,
+            // GOAWAY for HTTP/2; a connection that never sent a request is closed.
+            () = &mut idle => break false,
+            asked = activity.asked() => match asked {
+                // A request body stalled, or the worker sheds the connection to make room.
+                Ask::Close => break false,
+                Ask::Park => {
+                    if let Some(until) = parking_until(&activity, shared) {
+                        conn.park(until);
+                    }
+                }
+            },
+        }
     };
     if draining && !activity.is_http2() {
         // Closing an idle keep-alive connection now would race a client that is already
@@ -144,6 +155,15 @@ async fn serve<IO, S>(
         result = &mut conn => finished(result),
         () = &mut stalled => {}
     }
+}
+
+/// When a connection asked to park (see [`super::parking`]) is to close, at the end of its
+/// keep-alive timeout as hyper would have; `None` if it is no longer between HTTP/1 requests.
+fn parking_until(activity: &Activity, shared: &Shared) -> Option<Instant> {
+    let idle_for = activity
+        .idle_for()
+        .filter(|_| activity.between_http1_requests())?;
+    Some(Instant::now() + shared.idle_timeout.saturating_sub(idle_for))
 }
 
 /// Completes, once logged, when an HTTP/2 response has waited on the client's flow-control

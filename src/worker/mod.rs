@@ -11,6 +11,7 @@ mod h2_flood;
 mod h2_frames;
 mod heap;
 mod metrics;
+mod parking;
 mod prefixed;
 mod protocol;
 mod proxy_protocol;
@@ -290,6 +291,9 @@ where
         }
     }
     tokio::spawn(channel::heartbeat(Arc::clone(&channel), config.timeout));
+    if !config.keepalive.is_zero() {
+        tokio::spawn(parking::sweep(shared));
+    }
     if heap_managed {
         tokio::spawn(reclaim::after_load_falls(shared));
     }
@@ -458,7 +462,11 @@ fn protocols(config: &Config) -> protocol::Builders {
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
         .max_header_list_size(header_list_size(config));
-    protocol::Builders { http1, http2 }
+    protocol::Builders {
+        http1,
+        http2,
+        parked: Default::default(),
+    }
 }
 
 /// The largest HTTP/2 header list: what the HTTP/1 limits allow, counted as HTTP/2 counts, and

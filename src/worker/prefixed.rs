@@ -17,6 +17,15 @@ impl<IO> Prefixed<IO> {
     pub(crate) fn new(prefix: Vec<u8>, io: IO) -> Self {
         Self { prefix, at: 0, io }
     }
+
+    /// Puts `bytes` back in front, before what is left of the prefix.
+    pub(crate) fn put_back(&mut self, bytes: &[u8]) {
+        let mut prefix = Vec::with_capacity(bytes.len() + self.prefix.len() - self.at);
+        prefix.extend_from_slice(bytes);
+        prefix.extend_from_slice(&self.prefix[self.at..]);
+        self.prefix = prefix;
+        self.at = 0;
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {

@@ -8,11 +8,15 @@
 //! the connection's life: about 5.5 KiB of resident memory per idle keep-alive connection (see
 //! docs/performance.md). Here the first bytes come back together with what follows them
 //! ([`Prefixed`]), so that a head that arrived whole is whole in hyper's first read.
+//!
+//! An idle HTTP/1 connection can be parked: hyper's connection is taken apart and only the
+//! socket and the service are kept until the next request's first bytes (see [`super::parking`]).
 
 use std::error::Error;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use hyper::body::{Body, Incoming};
@@ -21,9 +25,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::h2_batch::{self, Batched};
 use super::h2_flood::PREFACE;
+use super::parking::{Rest, Resting};
 use super::prefixed::Prefixed;
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -32,6 +38,8 @@ type BoxError = Box<dyn Error + Send + Sync>;
 pub(crate) struct Builders {
     pub(crate) http1: http1::Builder,
     pub(crate) http2: http2::Builder<TokioExecutor>,
+    /// HTTP/1 connections parked now.
+    pub(crate) parked: AtomicUsize,
 }
 
 impl Builders {
@@ -53,6 +61,9 @@ impl Builders {
 /// The socket as hyper is given it.
 type Io<IO> = TokioIo<Prefixed<IO>>;
 
+/// The socket of an HTTP/1 connection, parked or as hyper is given it.
+type Http1Io<IO> = Resting<Prefixed<IO>>;
+
 /// hyper's HTTP/2 connection, its writes batched.
 type Http2<IO, S> = http2::Connection<Io<Batched<IO>>, S, TokioExecutor>;
 
@@ -72,7 +83,21 @@ where
         service: S,
         builders: &'static Builders,
     },
-    Http1(http1::UpgradeableConnection<Io<IO>, S>),
+    Http1 {
+        conn: http1::UpgradeableConnection<TokioIo<Http1Io<IO>>, S>,
+        /// What hyper last did with the socket: whether the connection can be parked.
+        rest: Rest,
+        builders: &'static Builders,
+    },
+    /// An idle HTTP/1 connection without hyper's state, until its next bytes or `until`.
+    Parked {
+        io: Http1Io<IO>,
+        service: S,
+        builders: &'static Builders,
+        /// The end of the keep-alive timeout, which hyper's header-read timer kept before.
+        until: Pin<Box<Sleep>>,
+        _counted: Parked,
+    },
     /// Boxed: HTTP/1 connections, the most numerous, do not carry room for it. Its writes are
     /// batched per poll (see [`h2_batch`]).
     Http2(Pin<Box<Http2<IO, S>>>),
@@ -97,8 +122,10 @@ where
     /// One that has not sent enough to tell its protocol closes at once.
     pub(crate) fn graceful_shutdown(&mut self) {
         match self {
-            Connection::Detecting { .. } => *self = Connection::Closed,
-            Connection::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            Connection::Detecting { .. } | Connection::Parked { .. } => {
+                *self = Connection::Closed;
+            }
+            Connection::Http1 { conn, .. } => Pin::new(conn).graceful_shutdown(),
             Connection::Http2(conn) => conn.as_mut().graceful_shutdown(),
             Connection::Closed => {}
         }
@@ -121,9 +148,87 @@ where
             let io = TokioIo::new(Prefixed::new(read, Batched::new(io)));
             Connection::Http2(Box::pin(builders.http2.serve_connection(io, service)))
         } else {
-            let io = TokioIo::new(Prefixed::new(read, io));
-            Connection::Http1(builders.http1.serve_connection(io, service).with_upgrades())
+            let io = Resting::new(Prefixed::new(read, io), Rest::default());
+            Self::http1(io, service, builders)
         }
+    }
+
+    fn http1(io: Http1Io<IO>, service: S, builders: &'static Builders) -> Self {
+        let rest = io.rest();
+        Connection::Http1 {
+            conn: builders
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+            rest,
+            builders,
+        }
+    }
+
+    /// Parks an HTTP/1 connection that its service found between requests, if hyper rests too
+    /// (see [`super::parking`]): hyper's state is dropped, and the connection closes at `until`
+    /// unless bytes arrive first. True if it was parked.
+    pub(crate) fn park(&mut self, until: Instant) -> bool {
+        let (conn, builders) = match std::mem::replace(self, Connection::Closed) {
+            Connection::Http1 {
+                conn,
+                rest,
+                builders,
+            } if rest.resting() => (conn, builders),
+            busy => {
+                *self = busy;
+                return false;
+            }
+        };
+        // `None` only once upgraded, when the connection's future has completed.
+        let Some(parts) = conn.into_parts() else {
+            return false;
+        };
+        let mut io = parts.io.into_inner();
+        if !parts.read_buf.is_empty() {
+            // Part of a next request: hyper serves on, with what it had read put back.
+            io.get_mut().put_back(&parts.read_buf);
+            *self = Self::http1(io, parts.service, builders);
+            return false;
+        }
+        *self = Connection::Parked {
+            io,
+            service: parts.service,
+            builders,
+            until: Box::pin(tokio::time::sleep_until(until)),
+            _counted: Parked::new(&builders.parked),
+        };
+        true
+    }
+
+    /// A parked connection whose next bytes arrived, served by hyper again.
+    fn unparked(self) -> Self {
+        let Connection::Parked {
+            io,
+            service,
+            builders,
+            ..
+        } = self
+        else {
+            return self;
+        };
+        Self::http1(io, service, builders)
+    }
+}
+
+/// A parked connection's place in [`Builders::parked`].
+pub(crate) struct Parked(&'static AtomicUsize);
+
+impl Parked {
+    fn new(parked: &'static AtomicUsize) -> Self {
+        parked.fetch_add(1, Ordering::Relaxed);
+        Self(parked)
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -148,7 +253,29 @@ where
                     let http2 = ready!(poll_preface(io, read, filled, cx))?;
                     *this = std::mem::replace(this, Connection::Closed).serving(http2);
                 }
-                Connection::Http1(conn) => return Pin::new(conn).poll(cx).map_err(Into::into),
+                Connection::Http1 { conn, .. } => {
+                    return Pin::new(conn).poll(cx).map_err(Into::into);
+                }
+                Connection::Parked { io, until, .. } => {
+                    // Room for a request line's start: what follows is read with it by hyper.
+                    let mut first = [0; 16];
+                    let mut buf = ReadBuf::new(&mut first);
+                    if let Poll::Ready(read) = Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                        read?;
+                        let got = buf.filled().len();
+                        if got == 0 {
+                            // The client closed it.
+                            *this = Connection::Closed;
+                            return Poll::Ready(Ok(()));
+                        }
+                        io.get_mut().put_back(&first[..got]);
+                        *this = std::mem::replace(this, Connection::Closed).unparked();
+                        continue;
+                    }
+                    ready!(until.as_mut().poll(cx));
+                    *this = Connection::Closed;
+                    return Poll::Ready(Ok(()));
+                }
                 Connection::Http2(conn) => {
                     return h2_batch::poll_batched(conn.as_mut(), cx).map_err(Into::into);
                 }
@@ -181,9 +308,187 @@ fn poll_preface<IO: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioTimer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
+
+    /// The settings the tests serve with: hyper's defaults, with a timer for its header-read
+    /// timeout.
+    fn builders() -> &'static Builders {
+        let mut http1 = http1::Builder::new();
+        http1.timer(TokioTimer::new());
+        Box::leak(Box::new(Builders {
+            http1,
+            http2: http2::Builder::new(TokioExecutor::new()),
+            parked: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Answers with the request's method and path, followed by `pad` dots.
+    fn echo(
+        pad: usize,
+    ) -> impl HttpService<Incoming, ResBody = Full<Bytes>, Error = Infallible, Future: Send>
+    + Send
+    + 'static {
+        service_fn(move |req: Request<Incoming>| async move {
+            let text = format!("{} {}{}", req.method(), req.uri(), ".".repeat(pad));
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+        })
+    }
+
+    /// Polls the connection once, as its task would: the duplex pipe makes every read and write
+    /// that can proceed do so within the poll.
+    fn turn<S>(conn: &mut Connection<DuplexStream, S>) -> Poll<Result<(), BoxError>>
+    where
+        S: HttpService<Incoming, ResBody = Full<Bytes>, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        Pin::new(conn).poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Reads one response whose body ends with `end`, and returns it whole.
+    async fn response(client: &mut DuplexStream, end: &str) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0; 1024];
+        while !String::from_utf8_lossy(&seen).ends_with(end) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(seen).unwrap()
+    }
+
+    const GET_ONE: &[u8] = b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_parks_and_serves_its_next_request_from_its_first_bytes() {
+        let builders = builders();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut conn = builders.serve(server, echo(0));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        assert!(
+            response(&mut client, "GET /one")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+
+        assert!(conn.park(far()));
+        assert!(matches!(conn, Connection::Parked { .. }));
+        assert_eq!(builders.parked.load(Ordering::Relaxed), 1);
+        assert!(turn(&mut conn).is_pending(), "parked, nothing to read");
+        client.write_all(b"GE").await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        assert!(matches!(conn, Connection::Http1 { .. }), "served again");
+        assert_eq!(builders.parked.load(Ordering::Relaxed), 0);
+        client
+            .write_all(b"T /two HTTP/1.1\r\nHost: t\r\n\r\nGET /three HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(turn(&mut conn).is_pending());
+        let answers = response(&mut client, "GET /three").await;
+        assert!(
+            answers.contains("GET /two") && answers.starts_with("HTTP/1.1 200"),
+            "{answers}"
+        );
+        assert!(conn.park(far()), "parks again once idle");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_parked_while_hyper_holds_a_response_not_flushed() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = builders().serve(server, echo(1000));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        assert!(!conn.park(far()), "parked with the response half sent");
+        assert!(matches!(conn, Connection::Http1 { .. }));
+        let mut seen = Vec::new();
+        let mut buf = [0; 64];
+        while !seen.ends_with(&[b'.'; 1000][..]) {
+            let n = client.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+            assert!(turn(&mut conn).is_pending());
+        }
+        assert!(conn.park(far()), "the response went out whole");
+    }
+
+    #[tokio::test]
+    async fn the_start_of_a_next_request_keeps_the_connection_in_hyper() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut conn = builders().serve(server, echo(0));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        response(&mut client, "GET /one").await;
+        client.write_all(b"GET /tw").await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        assert!(!conn.park(far()), "parked with part of a request read");
+        assert!(matches!(conn, Connection::Http1 { .. }));
+        client
+            .write_all(b"o HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(turn(&mut conn).is_pending());
+        assert!(
+            response(&mut client, "GET /two")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_closes_at_the_end_of_its_keep_alive_or_when_asked() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut conn = builders().serve(server, echo(0));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        response(&mut client, "GET /one").await;
+        assert!(conn.park(Instant::now() + Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_millis(4999)).await;
+        assert!(turn(&mut conn).is_pending(), "closed before its time");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
+        drop(conn);
+        assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0, "closed");
+
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut conn = builders().serve(server, echo(0));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        response(&mut client, "GET /one").await;
+        assert!(conn.park(far()));
+        conn.graceful_shutdown();
+        assert!(
+            matches!(turn(&mut conn), Poll::Ready(Ok(()))),
+            "a drain closes it at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_ends_when_its_client_closes() {
+        let builders = builders();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut conn = builders.serve(server, echo(0));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        response(&mut client, "GET /one").await;
+        assert!(conn.park(far()));
+        drop(client);
+        assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
+        drop(conn);
+        assert_eq!(builders.parked.load(Ordering::Relaxed), 0);
+    }
 
     /// What the connection's first bytes say, and the bytes read to tell.
     async fn detect(sent: &[&[u8]]) -> (bool, Vec<u8>) {

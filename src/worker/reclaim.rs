@@ -10,9 +10,11 @@
 //! the pages of free chunks anywhere in every arena.
 //!
 //! It walks the heap, so a worker trims only when load has fallen: once a second it compares
-//! its open connections with the most it held since it last trimmed, and how many connections
-//! it took since the last look. Nothing is added per request or per connection.
+//! the connections holding buffers (open and not parked, see [`super::parking`]) with the most
+//! it held since it last trimmed, and how many connections it took since the last look.
+//! Nothing is added per request or per connection.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -30,10 +32,16 @@ const CHURN: usize = 64;
 pub(super) async fn after_load_falls(shared: &'static Shared) {
     let mut every = tokio::time::interval(CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut load = Load::new(shared.tracker.len(), shared.seat.accepted());
+    // Parked connections hold no buffers (see [`super::parking`]): parking many gives back as
+    // much as closing them.
+    let holding = || {
+        let parked = shared.protocols.parked.load(Ordering::Relaxed);
+        shared.tracker.len().saturating_sub(parked)
+    };
+    let mut load = Load::new(holding(), shared.seat.accepted());
     loop {
         every.tick().await;
-        if load.fell(shared.tracker.len(), shared.seat.accepted()) {
+        if load.fell(holding(), shared.seat.accepted()) {
             trim(Me(shared.slot));
         }
     }

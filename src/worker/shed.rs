@@ -1,12 +1,13 @@
 //! The worker's open connections, so that idle keep-alive ones can be closed to make room
 //! (nginx's `ngx_drain_connections`) when the worker is at its connection limit with clients
-//! waiting, or out of descriptors.
+//! waiting, or out of descriptors, and asked to give back their buffers once idle for a while.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use slab::Slab;
 
-use super::activity::Activity;
+use super::activity::{Activity, coarse_now};
 
 /// At most this many connections are closed at a time, the longest idle first (nginx closes
 /// up to 32).
@@ -46,6 +47,16 @@ impl Connections {
             open[*key].close();
         }
         idle.len()
+    }
+
+    /// Asks the HTTP/1 connections idle for `idle_for` or longer, and not asked yet in this
+    /// idle period, to park (see [`super::parking`]); returns how many were asked.
+    pub(crate) fn ask_idle_to_park(&self, idle_for: Duration) -> usize {
+        let before = coarse_now().saturating_sub(idle_for.as_millis() as u64);
+        let open = self.lock();
+        open.iter()
+            .filter(|(_, activity)| activity.park_if_idle(before))
+            .count()
     }
 
     fn lock(&self) -> MutexGuard<'_, Slab<Arc<Activity>>> {
