@@ -19,6 +19,7 @@ mod load;
 mod logs;
 mod memory;
 mod metrics;
+mod parking;
 mod rolling;
 mod run;
 mod serve;

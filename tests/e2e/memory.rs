@@ -1,5 +1,6 @@
 //! Memory a flood takes comes back once it has passed: the worker trims its heap when its load
-//! falls, so its resident memory returns near where it was, and it goes on serving.
+//! falls, so its resident memory returns near where it was, and it goes on serving. Idle
+//! keep-alive connections give back hyper's buffers while they stay open.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -36,17 +37,20 @@ fn resident(worker: nix::unistd::Pid) -> u64 {
     mem(worker).expect("the worker is alive").rss
 }
 
-/// Runs `flood` against a one-worker server started with `args`, and checks that the worker's resident memory grew
-/// by [`GROWTH`], came back to within [`TOLERANCE`] of where it was once the flood's
-/// connections closed, and that the same worker still serves.
-fn memory_comes_back<C>(args: &[&str], flood: impl FnOnce(SocketAddr) -> Vec<C>) {
-    // Each connection takes a descriptor here as well as in the worker.
+/// Raises this process's descriptor limit to its hard limit, which must leave room for `conns`
+/// connections counted twice (the client's end and the worker's).
+fn room_for(conns: usize) {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     assert!(
-        hard > 2 * CONNECTION_FLOOD as u64 + 100,
+        hard > 2 * conns as u64 + 100,
         "the descriptor limit ({hard}) is too low for this test"
     );
+}
+
+/// A one-worker static server of a `hello` file with room for thousands of idle connections,
+/// and the directory it serves.
+fn hello_server(args: &[&str]) -> (Server, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("hello"), "hello\n").unwrap();
     let server = Server::builder(Bin::Prefork, 1)
@@ -61,6 +65,16 @@ fn memory_comes_back<C>(args: &[&str], flood: impl FnOnce(SocketAddr) -> Vec<C>)
         ])
         .args(args)
         .start();
+    (server, root)
+}
+
+/// Runs `flood` against a one-worker server started with `args`, and checks that the worker's resident memory grew
+/// by [`GROWTH`], came back to within [`TOLERANCE`] of where it was once the flood's
+/// connections closed, and that the same worker still serves.
+fn memory_comes_back<C>(args: &[&str], flood: impl FnOnce(SocketAddr) -> Vec<C>) {
+    // Each connection takes a descriptor here as well as in the worker.
+    room_for(CONNECTION_FLOOD);
+    let (server, _root) = hello_server(args);
     let worker = server.wait_workers(1, &[])[0];
     let idle_sockets = sockets(worker);
     // The first requests fault in the code and the buffers every connection uses.
@@ -150,4 +164,54 @@ fn memory_taken_by_a_header_flood_comes_back() {
             })
             .collect()
     });
+}
+
+/// Idle keep-alive connections give hyper's buffers back (src/worker/parking.rs): each of
+/// [`IDLE`] connections, all answered within well under a second, costs the worker at least
+/// [`GIVEN_BACK`] less once they have been idle for a second or two, and each is served on.
+#[test]
+fn idle_keep_alive_connections_give_back_their_buffers() {
+    /// hyper's read buffer alone is 8 KiB, most of it resident once a request has been read.
+    const GIVEN_BACK: u64 = 4 * 1024;
+    const IDLE: usize = 1000;
+    room_for(IDLE);
+    let (server, _root) = hello_server(&[]);
+    let worker = server.wait_workers(1, &[])[0];
+    for _ in 0..10 {
+        assert_eq!(get(server.addr, "/hello").status, 200);
+    }
+    let start = resident(worker);
+    let mut conns: Vec<Conn> = (0..IDLE)
+        .map(|_| Conn::connect(server.addr).unwrap())
+        .collect();
+    // Every request is sent before any answer is read, so that all are answered before the
+    // first of them has been idle long enough to be parked.
+    for conn in &mut conns {
+        conn.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+    }
+    for conn in &mut conns {
+        assert_eq!(conn.read_response(false).unwrap().text(), "hello\n");
+    }
+    let peak = resident(worker);
+    let per_connection = peak.saturating_sub(start) / IDLE as u64;
+    assert!(
+        per_connection >= GIVEN_BACK,
+        "{per_connection} bytes per answered connection: too little to give back {GIVEN_BACK}"
+    );
+    let parked = poll(PATIENCE, Duration::from_millis(50), || {
+        let now = resident(worker);
+        (now + GIVEN_BACK * IDLE as u64 <= peak).then_some(now)
+    });
+    assert!(
+        parked.is_some(),
+        "{IDLE} idle connections took the worker from {} to {} KiB, and it still holds {} KiB \
+         after {PATIENCE:?}",
+        start >> 10,
+        peak >> 10,
+        resident(worker) >> 10
+    );
+    for conn in &mut conns {
+        assert_eq!(conn.get("/hello").unwrap().text(), "hello\n");
+    }
 }

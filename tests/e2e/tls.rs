@@ -273,6 +273,29 @@ fn tls_serves_h2_and_http1_by_alpn_beside_a_cleartext_address() {
 /// Over TLS the worker encrypts every byte, so a large file is read, not sent by the kernel
 /// from its stand-ins: the client gets the file's bytes over HTTP/1.1 and HTTP/2.
 #[test]
+fn tls_a_parked_http1_connection_is_served_on() {
+    let setup = Setup::new();
+    let (server, https) = setup.start(
+        Bin::Demo,
+        1,
+        &["--log-level", "debug", "--keepalive", "60s"],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let connector = setup.client(&[b"http/1.1"], None);
+        let mut send = http1(connect(&connector, https).await.unwrap()).await;
+        let (status, body) = request1(&mut send, "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "Hello, World!"));
+        let server = &server;
+        tokio::task::block_in_place(|| super::parking::wait_asked(server, 1));
+        for path in ["/", "/pid"] {
+            let (status, _) = request1(&mut send, path).await.unwrap();
+            assert_eq!(status, 200, "{path} after parking");
+        }
+    });
+}
+
+#[test]
 fn tls_large_files_come_whole_over_http1_and_h2() {
     let setup = Setup::new();
     let root = tempfile::tempdir().unwrap();
