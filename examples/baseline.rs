@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example baseline -- --threads 2 --bind 127.0.0.1:0 [--root DIR | --bare]
+//!     [--keepalive SECONDS]
 //! ```
 //!
 //! Without `--root` it serves the demo's `GET /` ("Hello, World!", the same handler as
@@ -11,7 +12,7 @@
 //! it serves `examples/bare.rs`'s `tower::service_fn` (`examples/common/hello.rs`), the way
 //! hyper's own examples serve one. Connections
 //! get the HTTP settings prefork's workers use by default: HTTP/1.1 with keep-alive and a 5 s
-//! idle timeout, or HTTP/2, and TCP_NODELAY. The listen backlog is prefork's default, 2048.
+//! idle timeout (`--keepalive` sets another), or HTTP/2, and TCP_NODELAY. The listen backlog is prefork's default, 2048.
 //!
 //! It logs `listening on http://ADDR` to stderr like prefork does. TERM is a graceful stop in
 //! the usual hyper way: stop accepting, let every connection finish what it is doing (idle
@@ -40,7 +41,7 @@ mod hello;
 
 /// prefork's default listen backlog.
 const BACKLOG: i32 = 2048;
-/// prefork's default keep-alive idle timeout.
+/// prefork's default keep-alive idle timeout, the default of `--keepalive`.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 /// The longest a graceful stop waits for connections (prefork's default graceful_timeout).
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,11 +60,15 @@ struct Args {
     threads: usize,
     bind: SocketAddr,
     app: App,
+    keepalive: Duration,
 }
 
 fn usage(message: &str) -> ExitCode {
     eprintln!("baseline: error: {message}");
-    eprintln!("usage: baseline [--threads N] [--bind HOST:PORT] [--root DIR | --bare]");
+    eprintln!(
+        "usage: baseline [--threads N] [--bind HOST:PORT] [--root DIR | --bare] \
+         [--keepalive SECONDS]"
+    );
     ExitCode::from(2)
 }
 
@@ -72,6 +77,7 @@ fn parse() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         bind: "127.0.0.1:8000".parse().expect("a socket address"),
         app: App::Demo,
+        keepalive: KEEPALIVE,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -90,6 +96,10 @@ fn parse() -> Result<Args, String> {
             }
             "--root" => args.app = App::Static(PathBuf::from(value()?)),
             "--bare" => args.app = App::Bare,
+            "--keepalive" => {
+                let seconds = value()?.parse().map_err(|e| format!("--keepalive: {e}"))?;
+                args.keepalive = Duration::from_secs(seconds);
+            }
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
@@ -130,12 +140,15 @@ async fn run(args: Args) -> std::io::Result<()> {
     match args.app {
         App::Static(root) => {
             let app = prefork::app::static_files(&prefork::Config::default().root(root))?;
-            serve(listener, TowerToHyperService::new(app)).await
+            serve(listener, TowerToHyperService::new(app), args.keepalive).await
         }
-        App::Demo => serve(listener, TowerToHyperService::new(hello_router())).await,
+        App::Demo => {
+            let app = TowerToHyperService::new(hello_router());
+            serve(listener, app, args.keepalive).await
+        }
         App::Bare => {
             let app = tower::service_fn(hello::hello);
-            serve(listener, TowerToHyperService::new(app)).await
+            serve(listener, TowerToHyperService::new(app), args.keepalive).await
         }
     }
 }
@@ -149,7 +162,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn serve<S, B>(listener: TcpListener, service: S) -> std::io::Result<()>
+async fn serve<S, B>(listener: TcpListener, service: S, keepalive: Duration) -> std::io::Result<()>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
         + Clone
@@ -167,7 +180,7 @@ where
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(KEEPALIVE);
+        .header_read_timeout(keepalive);
     builder.http2().timer(TokioTimer::new());
 
     let stop = CancellationToken::new();

@@ -43,8 +43,14 @@ pub fn demo(workers: usize, args: &[&str]) -> Server {
 
 /// The baseline serving the demo app with `threads` runtime threads.
 pub fn baseline(threads: usize) -> Server {
+    baseline_with(threads, &[])
+}
+
+/// [`baseline`], with `args`.
+pub fn baseline_with(threads: usize, args: &[&str]) -> Server {
     Builder::new(Bin::Baseline)
         .args(&["--threads", &threads.to_string()])
+        .args(args)
         .spawn()
 }
 
@@ -61,8 +67,14 @@ pub fn bare_with(workers: usize, args: &[&str]) -> Server {
 
 /// The baseline serving the same bare `service_fn` with `threads` runtime threads.
 pub fn bare_baseline(threads: usize) -> Server {
+    bare_baseline_with(threads, &[])
+}
+
+/// [`bare_baseline`], with `args`.
+pub fn bare_baseline_with(threads: usize, args: &[&str]) -> Server {
     Builder::new(Bin::Baseline)
         .args(&["--threads", &threads.to_string(), "--bare"])
+        .args(args)
         .spawn()
 }
 
