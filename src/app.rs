@@ -21,7 +21,7 @@ use tower_http::services::fs::{DefaultServeDirFallback, ServeFileSystemResponseB
 
 use crate::application::{FileSender, FileSpan};
 use crate::config::Config;
-use small_files::{Key, Now, SmallFiles, Variants, Version};
+use small_files::{Found, Hit, Key, Now, SmallFiles, Variants, Version};
 
 pub use cache_first::{Answer, CacheFirst, CachedFile, Stat};
 pub use sent_file::SENT_MIN;
@@ -130,24 +130,32 @@ where
             .then(|| req.extensions().get::<FileSender>().cloned())
             .flatten();
         let Some(key) = Key::of(&req) else {
-            return self.served_by_files(req, sender);
+            return self.served_by_files(req, sender, None);
         };
         let now = Now::new();
-        if let Some((headers, body)) = self.small.get(&key, &self.backend, now) {
-            let body = if req.method() == Method::HEAD {
-                Bytes::new()
-            } else {
-                body
-            };
-            return FileAnswer::Now(Some(from_memory(headers, body)));
+        match self.small.get(&key, &self.backend, now) {
+            Some(Hit::Answer(headers, body)) => {
+                let body = if req.method() == Method::HEAD {
+                    Bytes::new()
+                } else {
+                    body
+                };
+                return FileAnswer::Now(Some(from_memory(headers, body)));
+            }
+            Some(Hit::Large(stat)) => return self.served_by_files(req, sender, Some((key, stat))),
+            None => {}
         }
         // A client that accepts encodings is sent a variant where one exists: not kept.
         let keepable = |version: &Version| {
             req.method() == Method::GET
                 && !(key.negotiates && version.variants == Variants::Present)
         };
-        match Version::of(&self.backend, &key, now) {
-            Some(version) if keepable(&version) => {
+        match Version::found(&self.backend, &key, now) {
+            Some(Found::Large(stat)) => {
+                self.small.insert_large(&key, stat, now);
+                self.served_by_files(req, sender, Some((key, stat)))
+            }
+            Some(Found::Small(version)) if keepable(&version) => {
                 let answer = self.files.call(req);
                 let (small, backend) = (Arc::clone(&self.small), self.backend.clone());
                 FileAnswer::Later(Box::pin(async move {
@@ -162,29 +170,40 @@ where
                     Ok(keep(response, key, version, &small, &backend).await)
                 }))
             }
-            _ => self.served_by_files(req, sender),
+            _ => self.served_by_files(req, sender, None),
         }
     }
 }
 
 impl StaticFiles {
     /// ServeDir's answer to `req`, its body sent by the kernel when `sender` allows and it is
-    /// large enough (see `sent_file`).
+    /// large enough (see `sent_file`). `large`: the request's path names a large regular file,
+    /// with these attributes, found within [`REVALIDATE_AFTER`]; ServeDir then does not look
+    /// the path up before opening it.
     fn served_by_files<B: Send + 'static>(
         &mut self,
         req: Request<B>,
         sender: Option<FileSender>,
+        large: Option<(Key, Stat)>,
     ) -> FileAnswer {
-        let Some(sender) = sender else {
+        if sender.is_none() && large.is_none() {
             let answer = self.files.call(req);
             return FileAnswer::Later(Box::pin(async move {
                 let Ok(response) = answer.await;
                 Ok(response.map(served_by_files))
             }));
-        };
-        // A ServeDir of its own, to learn which file it opens for this request.
-        let (backend, opened) = self.backend.noting_opened();
+        }
+        // A ServeDir of its own, to learn which file it opens for this request, and to tell it
+        // what the path was found to be.
+        let known = large.map(|(key, stat)| (key.rel, stat));
+        let (backend, opened) = self.backend.for_request(known);
         let answer = serve_dir(backend).call(req);
+        let Some(sender) = sender else {
+            return FileAnswer::Later(Box::pin(async move {
+                let Ok(response) = answer.await;
+                Ok(response.map(served_by_files))
+            }));
+        };
         FileAnswer::Later(Box::pin(async move {
             let Ok(response) = answer.await;
             Ok(sent_file::by_kernel(response, &opened, &sender))

@@ -42,7 +42,14 @@ pub struct CacheFirst {
     root: Arc<Root>,
     /// Where the files this backend opens are noted, for a backend made for one request.
     opened: Option<Arc<Opened>>,
+    /// What one path was known to be when a backend was made for one request: its
+    /// attributes answer that path's metadata without a lookup.
+    known: Option<Arc<Known>>,
 }
+
+/// A path beneath the root and the attributes it was found with, recently (see
+/// `super::small_files`, which keeps them for at most its revalidation interval).
+pub(super) type Known = (PathBuf, Stat);
 
 /// The file a request's ServeDir opened to answer it (the last one, should it open several),
 /// and that file's length when opened: the very file whose attributes made the response's
@@ -100,17 +107,20 @@ impl CacheFirst {
         Ok(CacheFirst {
             root: Arc::new(root),
             opened: None,
+            known: None,
         })
     }
 }
 
 impl CacheFirst {
-    /// This backend, noting in the `Opened` returned the file it opens, for one request.
-    pub(super) fn noting_opened(&self) -> (CacheFirst, Arc<Opened>) {
+    /// This backend for one request: it notes in the `Opened` returned the file it opens, and
+    /// answers the metadata of the `known` path, if any, with the attributes given.
+    pub(super) fn for_request(&self, known: Option<Known>) -> (CacheFirst, Arc<Opened>) {
         let opened = Arc::new(Opened::default());
         let backend = CacheFirst {
             root: Arc::clone(&self.root),
             opened: Some(Arc::clone(&opened)),
+            known: known.map(Arc::new),
         };
         (backend, opened)
     }
@@ -166,6 +176,9 @@ impl Backend for CacheFirst {
             Ok(rel) => rel,
             Err(e) => return Answer::Now(ready(Err(e))),
         };
+        if let Some((_, stat)) = self.known.as_deref().filter(|(known, _)| known == rel) {
+            return Answer::Now(ready(stat.servable()));
+        }
         let servable_cached = |rel: &Path| {
             let fd = self.root.lookup_cached(rel, metadata_how())?;
             Some(fd.and_then(|fd| stat_cached(fd.as_fd())?.servable()))
@@ -755,6 +768,25 @@ mod tests {
             );
             let file = open_on_pool(root(), "f".into(), None).await.unwrap();
             assert_eq!(file.metadata().await.unwrap().len(), 5000);
+        });
+    }
+
+    #[test]
+    fn a_backend_for_one_request_answers_the_known_path_from_what_was_found() {
+        let dir = dir_with("f", &contents(5000));
+        let files = backend(&dir);
+        runtime().block_on(async {
+            let found = files.metadata(served("f")).await.unwrap();
+            let (told, _) = files.for_request(Some(("f".into(), found)));
+            fs::remove_file(dir.path().join("f")).unwrap();
+            let known = told.metadata(served("f")).await.expect("answered as found");
+            assert_eq!(known.len(), 5000);
+            assert!(!known.is_dir());
+            // Only for that path, and only as metadata: opening looks it up.
+            let other = told.metadata(served("g")).await.unwrap_err();
+            assert_eq!(other.kind(), io::ErrorKind::NotFound);
+            let opened = told.open(served("f")).await.map(|_| ()).unwrap_err();
+            assert_eq!(opened.kind(), io::ErrorKind::NotFound);
         });
     }
 

@@ -58,18 +58,45 @@ struct Entries {
 
 #[derive(Debug)]
 struct Entry {
-    headers: HeaderMap,
-    body: Bytes,
+    /// The headers and body ServeDir answered with; `None` for a file too large to keep, of
+    /// which only its attributes are kept, so that its requests need not look its path up
+    /// again before ServeDir does (see [`Hit::Large`]).
+    answer: Option<(HeaderMap, Bytes)>,
     version: Version,
     /// When `version` was last found to be what the path names.
     checked: Instant,
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        self.answer.as_ref().map_or(0, |(_, body)| body.len())
+    }
+}
+
+/// What the cache holds for a request.
+#[derive(Debug)]
+pub enum Hit {
+    /// The whole answer, headers and body.
+    Answer(HeaderMap, Bytes),
+    /// The path names a regular file larger than [`FILE_MAX`], with these attributes: ServeDir
+    /// answers, told them for its look at the path ([`CacheFirst::for_request`]).
+    Large(Stat),
+}
+
+/// What a key's path names now, as far as the cache goes (see [`Version::of`]).
+#[derive(Debug)]
+pub enum Found {
+    /// A small regular file, settled: its answer may be kept.
+    Small(Version),
+    /// A regular file larger than [`FILE_MAX`].
+    Large(Stat),
 }
 
 /// A request this cache may answer: its path, and the file that path names beneath the root.
 #[derive(Debug)]
 pub struct Key {
     path: String,
-    rel: PathBuf,
+    pub(super) rel: PathBuf,
     /// Whether the request has `Accept-Encoding`: then it may only be answered from an entry
     /// of a file without precompressed variants.
     pub negotiates: bool,
@@ -140,12 +167,27 @@ pub enum Variants {
 
 impl Version {
     /// The small regular file the key's path names beneath the root at `now`, or `None` when
-    /// it is not one, changed too recently to be kept, or the kernel would have to wait on
-    /// storage to tell.
+    /// it is not one (see [`Version::found`]).
     pub fn of(files: &CacheFirst, key: &Key, now: Now) -> Option<Version> {
+        match Version::found(files, key, now)? {
+            Found::Small(version) => Some(version),
+            Found::Large(_) => None,
+        }
+    }
+
+    /// The regular file the key's path names beneath the root at `now`, or `None` when it is
+    /// not one, is small but changed too recently to be kept, or the kernel would have to wait
+    /// on storage to tell.
+    pub fn found(files: &CacheFirst, key: &Key, now: Now) -> Option<Found> {
         let rel = &key.rel;
         let stat = files.current(rel)?.ok()?;
-        if !stat.is_file() || stat.len() > FILE_MAX || !now.settled(stat.changed()) {
+        if !stat.is_file() {
+            return None;
+        }
+        if stat.len() > FILE_MAX {
+            return Some(Found::Large(stat));
+        }
+        if !now.settled(stat.changed()) {
             return None;
         }
         let variant = |variant: &PathBuf| match files.current(variant) {
@@ -161,7 +203,15 @@ impl Version {
         } else {
             Variants::Absent
         };
-        Some(Version { stat, variants })
+        Some(Found::Small(Version { stat, variants }))
+    }
+
+    /// A large file's version: only its attributes count; its variants are not looked up.
+    fn large(stat: Stat) -> Version {
+        Version {
+            stat,
+            variants: Variants::Unknown,
+        }
     }
 
     /// The size of the file, in bytes.
@@ -201,23 +251,49 @@ impl Now {
 }
 
 impl SmallFiles {
-    /// The headers and body to answer `key` with, if an entry holds them and the path still
-    /// names its file (looked up again once the entry is [`REVALIDATE_AFTER`] old at `now`, the
-    /// time of the request). A stale entry is dropped.
-    pub fn get(&self, key: &Key, files: &CacheFirst, now: Now) -> Option<(HeaderMap, Bytes)> {
+    /// What an entry holds for `key`, if the path still names its file (looked up again once
+    /// the entry is [`REVALIDATE_AFTER`] old at `now`, the time of the request). A stale entry
+    /// is dropped; one of a large file that changed but is still large is renewed.
+    pub fn get(&self, key: &Key, files: &CacheFirst, now: Now) -> Option<Hit> {
         let mut entries = self.lock();
         let entry = entries.by_path.get_mut(&key.path)?;
         if now.instant.saturating_duration_since(entry.checked) >= REVALIDATE_AFTER {
-            if Version::of(files, key, now) != Some(entry.version) {
+            let version = match (&entry.answer, Version::found(files, key, now)) {
+                (Some(_), Some(Found::Small(version))) => version,
+                (None, Some(Found::Large(stat))) => Version::large(stat),
+                _ => {
+                    entries.remove(&key.path);
+                    return None;
+                }
+            };
+            if entry.answer.is_some() && version != entry.version {
                 entries.remove(&key.path);
                 return None;
             }
+            entry.version = version;
             entry.checked = now.instant;
         }
+        let Some((headers, body)) = &entry.answer else {
+            return Some(Hit::Large(entry.version.stat));
+        };
         if key.negotiates && entry.version.variants != Variants::Absent {
             return None;
         }
-        Some((entry.headers.clone(), entry.body.clone()))
+        Some(Hit::Answer(headers.clone(), body.clone()))
+    }
+
+    /// Keeps the attributes of the large regular file `key` names, found at `now`.
+    pub fn insert_large(&self, key: &Key, stat: Stat, now: Now) {
+        let mut entries = self.lock();
+        entries.make_room(0);
+        let entry = Entry {
+            answer: None,
+            version: Version::large(stat),
+            checked: now.instant,
+        };
+        if let Some(old) = entries.by_path.insert(key.path.clone(), entry) {
+            entries.bytes -= old.bytes();
+        }
     }
 
     /// Keeps ServeDir's answer to `key` (`headers`, the whole `body`), read while the path named
@@ -229,15 +305,10 @@ impl SmallFiles {
         }
         let mut entries = self.lock();
         entries.remove(&key.path);
-        while entries.by_path.len() >= ENTRIES_MAX || entries.bytes + body.len() > BYTES_MAX {
-            if !entries.remove_oldest() {
-                break;
-            }
-        }
+        entries.make_room(body.len());
         entries.bytes += body.len();
         let entry = Entry {
-            headers,
-            body,
+            answer: Some((headers, body)),
             version,
             checked: now.instant,
         };
@@ -254,7 +325,16 @@ impl SmallFiles {
 impl Entries {
     fn remove(&mut self, path: &str) {
         if let Some(entry) = self.by_path.remove(path) {
-            self.bytes -= entry.body.len();
+            self.bytes -= entry.bytes();
+        }
+    }
+
+    /// Drops the oldest entries until one more, with a body of `bytes`, fits the bounds.
+    fn make_room(&mut self, bytes: usize) {
+        while self.by_path.len() >= ENTRIES_MAX || self.bytes + bytes > BYTES_MAX {
+            if !self.remove_oldest() {
+                break;
+            }
         }
     }
 
@@ -315,7 +395,10 @@ mod tests {
     }
 
     fn body(cache: &SmallFiles, files: &CacheFirst, path: &str, now: Now) -> Option<Bytes> {
-        cache.get(&key(path), files, now).map(|(_, body)| body)
+        match cache.get(&key(path), files, now)? {
+            Hit::Answer(_, body) => Some(body),
+            Hit::Large(_) => None,
+        }
     }
 
     fn site() -> (tempfile::TempDir, CacheFirst) {
@@ -375,6 +458,37 @@ mod tests {
     }
 
     #[test]
+    fn a_large_file_is_kept_as_its_attributes_until_it_is_no_longer_large() {
+        let (dir, files) = site();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![1; FILE_MAX as usize + 1]).unwrap();
+        let (cache, now) = (SmallFiles::default(), later());
+        let key = key("/big");
+        let Some(Found::Large(stat)) = Version::found(&files, &key, now) else {
+            panic!("not found large");
+        };
+        cache.insert_large(&key, stat, now);
+        let large = |at: Now| match cache.get(&key, &files, at) {
+            Some(Hit::Large(stat)) => Some(stat.len()),
+            Some(Hit::Answer(..)) => panic!("a large file answered from memory"),
+            None => None,
+        };
+        assert_eq!(large(now), Some(FILE_MAX + 1));
+        assert_eq!(cache.lock().bytes, 0, "no bytes kept");
+        // Rewritten larger: still large, with its new attributes once looked up again.
+        fs::write(&path, vec![2; FILE_MAX as usize + 2]).unwrap();
+        assert_eq!(large(after(now, REVALIDATE_AFTER / 2)), Some(FILE_MAX + 1));
+        assert_eq!(large(after(now, REVALIDATE_AFTER)), Some(FILE_MAX + 2));
+        // Small now: the entry goes, and the file is kept as a small one on its next answer.
+        fs::write(&path, b"small").unwrap();
+        assert_eq!(large(after(now, REVALIDATE_AFTER * 2)), None);
+        assert!(cache.lock().by_path.is_empty());
+        cache.insert_large(&key, stat, now);
+        fs::remove_file(&path).unwrap();
+        assert_eq!(large(after(now, REVALIDATE_AFTER)), None, "removed");
+    }
+
+    #[test]
     fn entries_and_bytes_stay_bounded_and_the_newest_are_kept() {
         let (dir, files) = site();
         let (cache, now) = (SmallFiles::default(), later());
@@ -408,11 +522,7 @@ mod tests {
         assert_eq!(entries.by_path.len(), ENTRIES_MAX);
         assert_eq!(
             entries.bytes,
-            entries
-                .by_path
-                .values()
-                .map(|e| e.body.len())
-                .sum::<usize>()
+            entries.by_path.values().map(Entry::bytes).sum::<usize>()
         );
         assert!(
             entries
