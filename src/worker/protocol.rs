@@ -368,6 +368,28 @@ mod tests {
 
     const GET_ONE: &[u8] = b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n";
 
+    /// A connection served by `builders` with [`echo`] that has answered `GET /one` whole, and
+    /// its client.
+    async fn answered_once(
+        builders: &'static Builders,
+    ) -> (
+        DuplexStream,
+        Connection<
+            DuplexStream,
+            impl HttpService<Incoming, ResBody = Full<Bytes>, Error = Infallible, Future: Send>
+            + Send
+            + 'static,
+        >,
+    ) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut conn = builders.serve(server, echo(0));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        let answer = response(&mut client, "GET /one").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        (client, conn)
+    }
+
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
@@ -375,16 +397,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_parks_and_serves_its_next_request_from_its_first_bytes() {
         let builders = builders();
-        let (mut client, server) = tokio::io::duplex(4096);
-        let mut conn = builders.serve(server, echo(0));
-        client.write_all(GET_ONE).await.unwrap();
-        assert!(turn(&mut conn).is_pending());
-        assert!(
-            response(&mut client, "GET /one")
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
-
+        let (mut client, mut conn) = answered_once(builders).await;
         assert!(conn.park(far()));
         assert!(matches!(conn, Connection::Parked { .. }));
         assert_eq!(builders.parked.load(Ordering::Relaxed), 1);
@@ -426,11 +439,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_start_of_a_next_request_keeps_the_connection_in_hyper() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let mut conn = builders().serve(server, echo(0));
-        client.write_all(GET_ONE).await.unwrap();
-        assert!(turn(&mut conn).is_pending());
-        response(&mut client, "GET /one").await;
+        let (mut client, mut conn) = answered_once(builders()).await;
         client.write_all(b"GET /tw").await.unwrap();
         assert!(turn(&mut conn).is_pending());
         assert!(!conn.park(far()), "parked with part of a request read");
@@ -449,11 +458,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_parked_connection_closes_at_the_end_of_its_keep_alive_or_when_asked() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let mut conn = builders().serve(server, echo(0));
-        client.write_all(GET_ONE).await.unwrap();
-        assert!(turn(&mut conn).is_pending());
-        response(&mut client, "GET /one").await;
+        let (mut client, mut conn) = answered_once(builders()).await;
         assert!(conn.park(Instant::now() + Duration::from_secs(5)));
         tokio::time::advance(Duration::from_millis(4999)).await;
         assert!(turn(&mut conn).is_pending(), "closed before its time");
@@ -462,11 +467,7 @@ mod tests {
         drop(conn);
         assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0, "closed");
 
-        let (mut client, server) = tokio::io::duplex(4096);
-        let mut conn = builders().serve(server, echo(0));
-        client.write_all(GET_ONE).await.unwrap();
-        assert!(turn(&mut conn).is_pending());
-        response(&mut client, "GET /one").await;
+        let (_client, mut conn) = answered_once(builders()).await;
         assert!(conn.park(far()));
         conn.graceful_shutdown();
         assert!(
@@ -478,11 +479,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_connection_ends_when_its_client_closes() {
         let builders = builders();
-        let (mut client, server) = tokio::io::duplex(4096);
-        let mut conn = builders.serve(server, echo(0));
-        client.write_all(GET_ONE).await.unwrap();
-        assert!(turn(&mut conn).is_pending());
-        response(&mut client, "GET /one").await;
+        let (client, mut conn) = answered_once(builders).await;
         assert!(conn.park(far()));
         drop(client);
         assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
