@@ -145,6 +145,11 @@ where
             Some(Hit::Large(stat)) => return self.served_by_files(req, sender, Some((key, stat))),
             None => {}
         }
+        // Ranges and revalidations go to ServeDir: most are of small files, whose answers
+        // are not kept for them, and a look at the path here would only add to ServeDir's.
+        if key.conditional {
+            return self.served_by_files(req, sender, None);
+        }
         // A client that accepts encodings is sent a variant where one exists: not kept.
         let keepable = |version: &Version| {
             req.method() == Method::GET

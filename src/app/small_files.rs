@@ -18,6 +18,11 @@
 //! never have an entry). A request with `Accept-Encoding` is answered from an entry only when
 //! the file has neither a `.br` nor a `.gz` variant beside it (checked at each look). Anything
 //! else goes to ServeDir, as before.
+//!
+//! For a regular file larger than [`FILE_MAX`], an entry keeps only its attributes, looked up
+//! again on the same terms: its requests, ranges and conditional ones included, are answered
+//! by ServeDir, told what the path names so that it opens the file without looking the path up
+//! first. Such an entry is made by a plain `GET` or `HEAD` only.
 
 use std::collections::HashMap;
 use std::io;
@@ -100,6 +105,9 @@ pub struct Key {
     /// Whether the request has `Accept-Encoding`: then it may only be answered from an entry
     /// of a file without precompressed variants.
     pub negotiates: bool,
+    /// Whether the request has a `Range` or a conditional header: ServeDir answers it, and an
+    /// entry serves it only with a large file's attributes ([`Hit::Large`]).
+    pub conditional: bool,
 }
 
 impl Key {
@@ -117,9 +125,7 @@ impl Key {
             header::IF_UNMODIFIED_SINCE,
             header::IF_RANGE,
         ];
-        if conditional.iter().any(|name| headers.contains_key(name)) {
-            return None;
-        }
+        let conditional = conditional.iter().any(|name| headers.contains_key(name));
         let path = req.uri().path();
         let plain = |b: u8| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b);
         if !path.starts_with('/') || path.contains("/.") || !path.bytes().all(plain) {
@@ -134,6 +140,7 @@ impl Key {
             path: path.to_string(),
             rel,
             negotiates: headers.contains_key(header::ACCEPT_ENCODING),
+            conditional,
         })
     }
 
@@ -257,6 +264,9 @@ impl SmallFiles {
     pub fn get(&self, key: &Key, files: &CacheFirst, now: Now) -> Option<Hit> {
         let mut entries = self.lock();
         let entry = entries.by_path.get_mut(&key.path)?;
+        if key.conditional && entry.answer.is_some() {
+            return None;
+        }
         if now.instant.saturating_duration_since(entry.checked) >= REVALIDATE_AFTER {
             let version = match (&entry.answer, Version::found(files, key, now)) {
                 (Some(_), Some(Found::Small(version))) => version,
@@ -394,6 +404,14 @@ mod tests {
         cache.insert(key, version, headers, body, now);
     }
 
+    /// The attributes of the large file `key` names.
+    fn large(files: &CacheFirst, key: &Key, now: Now) -> Stat {
+        match Version::found(files, key, now) {
+            Some(Found::Large(stat)) => stat,
+            other => panic!("not a large file: {other:?}"),
+        }
+    }
+
     fn body(cache: &SmallFiles, files: &CacheFirst, path: &str, now: Now) -> Option<Bytes> {
         match cache.get(&key(path), files, now)? {
             Hit::Answer(_, body) => Some(body),
@@ -464,28 +482,26 @@ mod tests {
         fs::write(&path, vec![1; FILE_MAX as usize + 1]).unwrap();
         let (cache, now) = (SmallFiles::default(), later());
         let key = key("/big");
-        let Some(Found::Large(stat)) = Version::found(&files, &key, now) else {
-            panic!("not found large");
-        };
+        let stat = large(&files, &key, now);
         cache.insert_large(&key, stat, now);
-        let large = |at: Now| match cache.get(&key, &files, at) {
+        let kept = |at: Now| match cache.get(&key, &files, at) {
             Some(Hit::Large(stat)) => Some(stat.len()),
             Some(Hit::Answer(..)) => panic!("a large file answered from memory"),
             None => None,
         };
-        assert_eq!(large(now), Some(FILE_MAX + 1));
+        assert_eq!(kept(now), Some(FILE_MAX + 1));
         assert_eq!(cache.lock().bytes, 0, "no bytes kept");
         // Rewritten larger: still large, with its new attributes once looked up again.
         fs::write(&path, vec![2; FILE_MAX as usize + 2]).unwrap();
-        assert_eq!(large(after(now, REVALIDATE_AFTER / 2)), Some(FILE_MAX + 1));
-        assert_eq!(large(after(now, REVALIDATE_AFTER)), Some(FILE_MAX + 2));
+        assert_eq!(kept(after(now, REVALIDATE_AFTER / 2)), Some(FILE_MAX + 1));
+        assert_eq!(kept(after(now, REVALIDATE_AFTER)), Some(FILE_MAX + 2));
         // Small now: the entry goes, and the file is kept as a small one on its next answer.
         fs::write(&path, b"small").unwrap();
-        assert_eq!(large(after(now, REVALIDATE_AFTER * 2)), None);
+        assert_eq!(kept(after(now, REVALIDATE_AFTER * 2)), None);
         assert!(cache.lock().by_path.is_empty());
         cache.insert_large(&key, stat, now);
         fs::remove_file(&path).unwrap();
-        assert_eq!(large(after(now, REVALIDATE_AFTER)), None, "removed");
+        assert_eq!(kept(after(now, REVALIDATE_AFTER)), None, "removed");
     }
 
     #[test]
@@ -593,6 +609,14 @@ mod tests {
             assert_eq!(keyed("GET", path, None), None, "{path}");
         }
         assert_eq!(keyed("POST", "/f", None), None);
+        let conditional = |header: Option<(&str, &str)>| {
+            let mut req = Request::get("/f");
+            if let Some((name, value)) = header {
+                req = req.header(name, value);
+            }
+            Key::of(&req.body(()).unwrap()).map(|key| key.conditional)
+        };
+        assert_eq!(conditional(None), Some(false));
         for name in [
             "range",
             "if-none-match",
@@ -600,7 +624,27 @@ mod tests {
             "if-match",
             "if-range",
         ] {
-            assert_eq!(keyed("GET", "/f", Some((name, "x"))), None, "{name}");
+            assert_eq!(conditional(Some((name, "x"))), Some(true), "{name}");
         }
+    }
+
+    #[test]
+    fn a_conditional_request_is_served_a_large_files_attributes_but_no_kept_answer() {
+        let (dir, files) = site();
+        fs::write(dir.path().join("small"), b"small").unwrap();
+        fs::write(dir.path().join("big"), vec![1; FILE_MAX as usize + 1]).unwrap();
+        let (cache, now) = (SmallFiles::default(), later());
+        fill(&cache, &files, dir.path(), "/small", now);
+        let big = key("/big");
+        cache.insert_large(&big, large(&files, &big, now), now);
+        let ranged = |path: &str| {
+            let req = Request::get(path).header("range", "bytes=0-1");
+            Key::of(&req.body(()).unwrap()).unwrap()
+        };
+        assert!(cache.get(&ranged("/small"), &files, now).is_none());
+        assert!(matches!(
+            cache.get(&ranged("/big"), &files, now),
+            Some(Hit::Large(_))
+        ));
     }
 }
