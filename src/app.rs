@@ -145,14 +145,17 @@ where
             Some(Hit::Large(stat)) => return self.served_by_files(req, sender, Some((key, stat))),
             None => {}
         }
-        // Ranges and revalidations go to ServeDir: most are of small files, whose answers
-        // are not kept for them, and a look at the path here would only add to ServeDir's.
-        if key.conditional {
+        // Revalidations go to ServeDir: most are of small files, whose answers are not kept
+        // for them, and a look at the path here would only add to ServeDir's. Ranges are
+        // mostly asked of large files (media, downloads): their look finds one for the ranges
+        // that follow.
+        if key.conditional && !req.headers().contains_key(RANGE) {
             return self.served_by_files(req, sender, None);
         }
         // A client that accepts encodings is sent a variant where one exists: not kept.
         let keepable = |version: &Version| {
             req.method() == Method::GET
+                && !key.conditional
                 && !(key.negotiates && version.variants == Variants::Present)
         };
         match Version::found(&self.backend, &key, now) {

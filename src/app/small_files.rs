@@ -22,7 +22,7 @@
 //! For a regular file larger than [`FILE_MAX`], an entry keeps only its attributes, looked up
 //! again on the same terms: its requests, ranges and conditional ones included, are answered
 //! by ServeDir, told what the path names so that it opens the file without looking the path up
-//! first. Such an entry is made by a plain `GET` or `HEAD` only.
+//! first. Such an entry is made by a plain `GET` or `HEAD`, or by a range request.
 
 use std::collections::HashMap;
 use std::io;
