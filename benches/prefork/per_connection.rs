@@ -74,12 +74,14 @@ pub fn memory(_: &Bench) -> Table {
         );
     }
     let websocket = per_connection(server::demo(1, PREFORK), "/ws-quiet", true);
-    table.row(
-        Row::new("demo (axum): KiB per open websocket")
-            .value(format!("{:.1}", websocket.idle))
-            .baseline("-")
-            .ratio_text("-"),
-    );
+    for (when, kib) in [("idle", websocket.idle), ("just opened", websocket.answered)] {
+        table.row(
+            Row::new(format!("demo (axum): KiB per open websocket, {when}"))
+                .value(format!("{kib:.1}"))
+                .baseline("-")
+                .ratio_text("-"),
+        );
+    }
     table.note(
         "baseline: the same service in one process (examples/baseline.rs, which has no \
          websocket route); ratio: prefork's memory per connection over the baseline's, lower is \
