@@ -74,7 +74,10 @@ pub fn memory(_: &Bench) -> Table {
         );
     }
     let websocket = per_connection(server::demo(1, PREFORK), "/ws-quiet", true);
-    for (when, kib) in [("idle", websocket.idle), ("just opened", websocket.answered)] {
+    for (when, kib) in [
+        ("idle", websocket.idle),
+        ("just opened", websocket.answered),
+    ] {
         table.row(
             Row::new(format!("demo (axum): KiB per open websocket, {when}"))
                 .value(format!("{kib:.1}"))
