@@ -96,7 +96,7 @@ where
         builders: &'static Builders,
         /// The end of the keep-alive timeout, which hyper's header-read timer kept before.
         until: Pin<Box<Sleep>>,
-        _counted: Parked,
+        _counted: Counted,
     },
     /// Boxed: HTTP/1 connections, the most numerous, do not carry room for it. Its writes are
     /// batched per poll (see [`h2_batch`]).
@@ -196,7 +196,7 @@ where
             service: parts.service,
             builders,
             until: Box::pin(tokio::time::sleep_until(until)),
-            _counted: Parked::new(&builders.parked),
+            _counted: Counted::new(&builders.parked),
         };
         true
     }
@@ -217,16 +217,16 @@ where
 }
 
 /// A parked connection's place in [`Builders::parked`].
-pub(crate) struct Parked(&'static AtomicUsize);
+pub(crate) struct Counted(&'static AtomicUsize);
 
-impl Parked {
+impl Counted {
     fn new(parked: &'static AtomicUsize) -> Self {
         parked.fetch_add(1, Ordering::Relaxed);
         Self(parked)
     }
 }
 
-impl Drop for Parked {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
