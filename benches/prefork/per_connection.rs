@@ -1,10 +1,10 @@
 //! Section `connections`: what an idle connection costs in memory. Each server is given N
-//! keep-alive connections that are each answered one `GET /` and then left idle, then N open
-//! websockets that send nothing (the demo's `/ws-quiet`); the figure is the growth of the
-//! resident memory of all the server's processes, per connection, once the connections have
-//! been idle long enough for prefork to park them (src/worker/parking.rs), and right after
-//! they were answered. prefork runs one worker, so that its figure and the single-process
-//! servers' are counted alike.
+//! keep-alive connections that are each answered one `GET /` and then left idle, then N HTTP/2
+//! connections (prior knowledge) answered the same way, then N open websockets that send
+//! nothing (the demo's `/ws-quiet`); the figure is the growth of the resident memory of all the
+//! server's processes, per connection, once the connections have been idle long enough for
+//! prefork to park them (src/worker/parking.rs), and right after they were answered. prefork
+//! runs one worker, so that its figure and the single-process servers' are counted alike.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -41,8 +41,8 @@ const IDLE_AT_MOST: Duration = Duration::from_secs(10);
 pub fn memory(_: &Bench) -> Table {
     let mut table = Table::new(format!(
         "8. Memory per idle connection: resident memory of the server's processes grown by \
-         {CONNECTIONS} connections, each answered once and then idle, or upgraded to a websocket \
-         that sends nothing; prefork with one worker"
+         {CONNECTIONS} connections, each answered once (HTTP/1.1, or HTTP/2 by prior knowledge) \
+         and then idle, or upgraded to a websocket that sends nothing; prefork with one worker"
     ));
     let pairs: [(&str, Start, Start); 2] = [
         (
@@ -57,8 +57,8 @@ pub fn memory(_: &Bench) -> Table {
         ),
     ];
     for (label, prefork, baseline) in pairs {
-        let pre = per_connection(prefork(), "/", false);
-        let base = per_connection(baseline(), "/", false);
+        let pre = per_connection(prefork(), Kind::KeepAlive);
+        let base = per_connection(baseline(), Kind::KeepAlive);
         table.row(
             Row::new(format!("{label}: KiB per idle keep-alive connection"))
                 .value(format!("{:.1}", pre.idle))
@@ -73,7 +73,15 @@ pub fn memory(_: &Bench) -> Table {
                 .ratio(pre.answered / base.answered),
         );
     }
-    let websocket = per_connection(server::demo(1, PREFORK), "/ws-quiet", true);
+    let pre = per_connection(server::demo(1, PREFORK), Kind::Http2);
+    let base = per_connection(server::baseline_with(1, BASELINE), Kind::Http2);
+    table.row(
+        Row::new("demo (axum): KiB per idle HTTP/2 connection (not parked)")
+            .value(format!("{:.1}", pre.idle))
+            .baseline(format!("{:.1}", base.idle))
+            .ratio(pre.idle / base.idle),
+    );
+    let websocket = per_connection(server::demo(1, PREFORK), Kind::Websocket);
     for (when, kib) in [
         ("idle", websocket.idle),
         ("just opened", websocket.answered),
@@ -100,9 +108,19 @@ struct PerConnection {
     idle: f64,
 }
 
-/// The growth of the server's resident memory for [`CONNECTIONS`] connections to `path`, each
-/// upgraded to a websocket when `websocket`.
-fn per_connection(server: Server, path: &str, websocket: bool) -> PerConnection {
+/// What each connection counted is.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// HTTP/1.1, `GET /` answered.
+    KeepAlive,
+    /// HTTP/1.1 upgraded by `GET /ws-quiet` to a websocket that sends nothing.
+    Websocket,
+    /// HTTP/2 by prior knowledge, `GET /` answered.
+    Http2,
+}
+
+/// The growth of the server's resident memory for [`CONNECTIONS`] connections of `kind`.
+fn per_connection(server: Server, kind: Kind) -> PerConnection {
     let pids = || {
         let mut pids = server.processes();
         pids.dedup();
@@ -113,9 +131,7 @@ fn per_connection(server: Server, path: &str, websocket: bool) -> PerConnection 
     });
     let rss = || -> u64 { pids().iter().filter_map(|p| mem(*p)).map(|m| m.rss).sum() };
     let before = rss();
-    let held: Vec<TcpStream> = (0..CONNECTIONS)
-        .map(|_| open(server.addr, path, websocket))
-        .collect();
+    let held: Vec<TcpStream> = (0..CONNECTIONS).map(|_| open(server.addr, kind)).collect();
     let answered = rss();
     let idle = steady(rss);
     drop(held);
@@ -145,19 +161,21 @@ fn steady(rss: impl Fn() -> u64) -> u64 {
     }
 }
 
-/// A connection that has been answered once (`GET path`), or upgraded to a websocket.
-fn open(addr: SocketAddr, path: &str, websocket: bool) -> TcpStream {
+/// A connection of `kind`, answered once or upgraded.
+fn open(addr: SocketAddr, kind: Kind) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(PATIENCE))
         .expect("a read timeout");
-    let upgrade = if websocket {
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    } else {
-        ""
+    let request: Vec<u8> = match kind {
+        Kind::KeepAlive => b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+        Kind::Websocket => b"GET /ws-quiet HTTP/1.1\r\nHost: bench\r\n\
+              Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec(),
+        Kind::Http2 => http2_get(),
     };
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: bench\r\n{upgrade}\r\n").expect("send");
-    // The head, and for a plain GET the short body after it.
+    tcp.write_all(&request).expect("send");
+    // The head, and for a GET the short body after it.
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -165,12 +183,32 @@ fn open(addr: SocketAddr, path: &str, websocket: bool) -> TcpStream {
         assert!(n > 0, "the server closed a connection");
         seen.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&seen);
-        if websocket && text.contains("\r\n\r\n") {
+        if kind == Kind::Websocket && text.contains("\r\n\r\n") {
             assert!(text.starts_with("HTTP/1.1 101"), "{text}");
             return tcp;
         }
-        if !websocket && text.ends_with("Hello, World!") {
+        if kind != Kind::Websocket && text.contains("Hello, World!") {
             return tcp;
         }
     }
+}
+
+/// The HTTP/2 preface, empty SETTINGS, and `GET /` on stream 1, its header block in HPACK's
+/// static table (`:method GET`, `:path /`, `:scheme http`) with a one-letter `:authority`.
+fn http2_get() -> Vec<u8> {
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[kind, flags]);
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    };
+    const SETTINGS: u8 = 4;
+    const HEADERS: u8 = 1;
+    const END_STREAM_AND_HEADERS: u8 = 0x5;
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    let block = [0x82, 0x84, 0x86, 0x41, 1, b'b'];
+    bytes.extend(frame(HEADERS, END_STREAM_AND_HEADERS, 1, &block));
+    bytes
 }
