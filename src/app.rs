@@ -194,27 +194,21 @@ impl StaticFiles {
         sender: Option<FileSender>,
         large: Option<(Key, Stat)>,
     ) -> FileAnswer {
-        if sender.is_none() && large.is_none() {
-            let answer = self.files.call(req);
-            return FileAnswer::Later(Box::pin(async move {
-                let Ok(response) = answer.await;
-                Ok(response.map(served_by_files))
-            }));
-        }
-        // A ServeDir of its own, to learn which file it opens for this request, and to tell it
-        // what the path was found to be.
-        let known = large.map(|(key, stat)| (key.rel, stat));
-        let (backend, opened) = self.backend.for_request(known);
-        let answer = serve_dir(backend).call(req);
-        let Some(sender) = sender else {
-            return FileAnswer::Later(Box::pin(async move {
-                let Ok(response) = answer.await;
-                Ok(response.map(served_by_files))
-            }));
+        // A ServeDir of its own when it is to tell which file it opens for this request, or
+        // be told what the path was found to be.
+        let (answer, opened) = if sender.is_none() && large.is_none() {
+            (self.files.call(req), None)
+        } else {
+            let known = large.map(|(key, stat)| (key.rel, stat));
+            let (backend, opened) = self.backend.for_request(known);
+            (serve_dir(backend).call(req), Some(opened))
         };
         FileAnswer::Later(Box::pin(async move {
             let Ok(response) = answer.await;
-            Ok(sent_file::by_kernel(response, &opened, &sender))
+            Ok(match (sender, opened) {
+                (Some(sender), Some(opened)) => sent_file::by_kernel(response, &opened, &sender),
+                _ => response.map(served_by_files),
+            })
         }))
     }
 }

@@ -269,17 +269,13 @@ impl SmallFiles {
         }
         if now.instant.saturating_duration_since(entry.checked) >= REVALIDATE_AFTER {
             let version = match (&entry.answer, Version::found(files, key, now)) {
-                (Some(_), Some(Found::Small(version))) => version,
+                (Some(_), Some(Found::Small(version))) if version == entry.version => version,
                 (None, Some(Found::Large(stat))) => Version::large(stat),
                 _ => {
                     entries.remove(&key.path);
                     return None;
                 }
             };
-            if entry.answer.is_some() && version != entry.version {
-                entries.remove(&key.path);
-                return None;
-            }
             entry.version = version;
             entry.checked = now.instant;
         }

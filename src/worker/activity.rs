@@ -1,8 +1,8 @@
 //! What one connection has been doing, as its service sees it: so that an HTTP/2 connection
 //! left without requests can be closed, an idle keep-alive connection shed to make room or
-//! parked (see [`super::parking`]), and a stalled one closed. hyper times out idle HTTP/1 connections itself (its header-read
-//! timer) but has no idle timeout for HTTP/2, where a client may keep a connection open forever
-//! without sending a stream.
+//! parked (see [`super::parking`]), and a stalled one closed. hyper times out idle HTTP/1
+//! connections itself (its header-read timer) but has no idle timeout for HTTP/2, where a
+//! client may keep a connection open forever without sending a stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -125,9 +125,7 @@ impl Activity {
         let Some(since) = self.idle_since().filter(|since| *since <= before) else {
             return false;
         };
-        if !self.is_http1()
-            || self.unread.load(Ordering::Relaxed) > 0
-            || self.park_asked.swap(since, Ordering::Relaxed) == since
+        if !self.between_http1_requests() || self.park_asked.swap(since, Ordering::Relaxed) == since
         {
             return false;
         }
