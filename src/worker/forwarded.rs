@@ -4,14 +4,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use http::header::HeaderName;
 use http::HeaderMap;
 use http::header::FORWARDED;
 use http::uri::Scheme;
 
 use crate::config::TrustedProxies;
 
-pub(crate) const X_FORWARDED_FOR: &str = "x-forwarded-for";
-pub(crate) const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+// Names, not strings: a lookup by `&str` parses the name again on every request.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the proxies said: the client's address and the scheme it used, each when known.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub(crate) fn told(headers: &HeaderMap, trusted: &TrustedProxies) -> Told {
 }
 
 /// Every comma-separated item of every field `name`, in order.
-fn values<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+fn values<'a>(headers: &'a HeaderMap, name: HeaderName) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(name)
         .iter()
@@ -47,7 +49,7 @@ fn values<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a st
 }
 
 fn forwarded(headers: &HeaderMap, trusted: &TrustedProxies) -> Told {
-    let elements: Vec<&str> = values(headers, FORWARDED.as_str()).collect();
+    let elements: Vec<&str> = values(headers, FORWARDED).collect();
     let pairs = |element: &str| -> Vec<(String, String)> {
         element
             .split(';')

@@ -65,11 +65,13 @@ impl<S> HyperService<S> {
     /// one who sent them is a trusted proxy.
     fn client<B>(&self, req: &Request<B>) -> ClientAddr {
         let headers = req.headers();
-        let forwarding = [FORWARDED.as_str(), X_FORWARDED_FOR, X_FORWARDED_PROTO]
-            .iter()
-            .any(|name| headers.contains_key(*name));
         let speaker = self.client.speaker().map(|a| a.ip());
-        if !forwarding || !self.shared.trusted.trusts(speaker) {
+        let forwarding = || {
+            [FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO]
+                .iter()
+                .any(|name| headers.contains_key(name))
+        };
+        if !self.shared.trusted.trusts(speaker) || !forwarding() {
             return self.client.clone();
         }
         let told = forwarded::told(headers, &self.shared.trusted);
