@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::activity::{Activity, Ask};
+use super::gated::Gated;
 use super::h2_flood::FloodGuard;
 use super::prefixed::Prefixed;
 use super::proxy_protocol;
@@ -118,18 +119,26 @@ async fn serve<IO, S>(
     let idle = activity.idle(shared.idle_timeout);
     tokio::pin!(stalled, idle);
     let draining = loop {
+        // Polled only when one of them woke this task: nearly every wake is the connection's.
+        let watched = Gated::new(async {
+            tokio::select! {
+                biased;
+                () = &mut stalled => Watched::Stalled,
+                () = shared.drain.draining() => Watched::Draining,
+                // GOAWAY for HTTP/2; a connection that never sent a request is closed.
+                () = &mut idle => Watched::Idle,
+                asked = activity.asked() => Watched::Asked(asked),
+            }
+        });
         tokio::select! {
-            // The connection first: it is what wakes this task nearly every time.
             biased;
             result = &mut conn => return finished(result),
-            () = &mut stalled => return,
-            () = shared.drain.draining() => break true,
-            // GOAWAY for HTTP/2; a connection that never sent a request is closed.
-            () = &mut idle => break false,
-            asked = activity.asked() => match asked {
+            watched = watched => match watched {
+                Watched::Stalled => return,
+                Watched::Draining => break true,
                 // A request body stalled, or the worker sheds the connection to make room.
-                Ask::Close => break false,
-                Ask::Park => {
+                Watched::Idle | Watched::Asked(Ask::Close) => break false,
+                Watched::Asked(Ask::Park) => {
                     if let Some(until) = parking_until(&activity, shared) {
                         conn.park(until);
                     }
@@ -155,6 +164,15 @@ async fn serve<IO, S>(
         result = &mut conn => finished(result),
         () = &mut stalled => {}
     }
+}
+
+/// What woke a connection's task, other than the connection itself.
+enum Watched {
+    /// An HTTP/2 response waited on the client's window for the io timeout.
+    Stalled,
+    Draining,
+    Idle,
+    Asked(Ask),
 }
 
 /// When a connection asked to park (see [`super::parking`]) is to close, at the end of its

@@ -6,6 +6,7 @@ mod channel;
 mod connection;
 mod flow;
 mod forwarded;
+mod gated;
 mod h2_batch;
 mod h2_flood;
 mod h2_frames;
