@@ -10,7 +10,6 @@ use tracing::debug;
 
 use super::activity::{Activity, Ask};
 use super::gated::Gated;
-use super::h2_flood::FloodGuard;
 use super::prefixed::Prefixed;
 use super::proxy_protocol;
 use super::sendfile::{FileSending, Socket};
@@ -101,7 +100,6 @@ async fn serve<IO, S>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
-    let io = FloodGuard::new(io, &shared.floods);
     let activity = Arc::new(Activity::default());
     let _listed = shared.connections.enter(&activity);
     let service = HyperService::new(

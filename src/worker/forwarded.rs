@@ -4,9 +4,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::HeaderName;
 use http::HeaderMap;
 use http::header::FORWARDED;
+use http::header::HeaderName;
 use http::uri::Scheme;
 
 use crate::config::TrustedProxies;

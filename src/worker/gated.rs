@@ -115,7 +115,11 @@ mod tests {
         let mut cx = Context::from_waker(&task_waker);
 
         assert!(gated.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(polls.load(Ordering::Relaxed), 1, "the first poll reaches it");
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            1,
+            "the first poll reaches it"
+        );
         // Wakes of the task by something else: the watcher is left alone.
         for _ in 0..5 {
             assert!(gated.as_mut().poll(&mut cx).is_pending());
@@ -125,7 +129,11 @@ mod tests {
         ready.store(true, Ordering::Relaxed);
         let waker = inner_waker.lock().unwrap().take().unwrap();
         waker.wake();
-        assert_eq!(task.0.load(Ordering::Relaxed), 1, "its wake reaches the task");
+        assert_eq!(
+            task.0.load(Ordering::Relaxed),
+            1,
+            "its wake reaches the task"
+        );
         assert!(gated.as_mut().poll(&mut cx).is_ready());
         assert_eq!(polls.load(Ordering::Relaxed), 2);
     }

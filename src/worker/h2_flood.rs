@@ -5,9 +5,9 @@
 //! 12. h2 has no setting for it, so the worker counts those frames itself, on the bytes the
 //! client sends, and ends a connection that sends more than a real client ever does.
 //!
-//! Only HTTP/2 connections are looked at: the first bytes tell (the prior-knowledge preface,
-//! which is how prefork serves HTTP/2), and an HTTP/1 connection is then passed through with
-//! one branch per read and per write.
+//! Only HTTP/2 connections carry the guard: `protocol` puts it on those that sent the preface,
+//! and it reads the preface again before the frames. Bytes that are not the preface are passed
+//! through with one branch per read and per write.
 
 use std::io;
 use std::pin::Pin;

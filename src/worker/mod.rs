@@ -107,8 +107,6 @@ pub(crate) struct Shared {
     /// The TLS acceptor of the `https://` listeners, built by this worker from the files its
     /// configuration loaded; `None` when there is no certificate (and then no TLS listener).
     tls: Option<tokio_rustls::TlsAcceptor>,
-    /// HTTP/2 connections cut for flooding, reported at most once a second.
-    floods: h2_flood::Floods,
     /// Requests served, and after how many the worker asks to be replaced.
     served: AtomicU64,
     retire_after: Option<u64>,
@@ -251,7 +249,7 @@ where
     // Every connection and request refers to this until the process exits, so it is leaked
     // rather than reference-counted: no atomic increments per connection and per request.
     let shared: &'static Shared = Box::leak(Box::new(Shared {
-        protocols: protocols(&config),
+        protocols: protocols(&config, me),
         extensions: service::extensions(&drain),
         drain,
         tracker: TaskTracker::new(),
@@ -270,7 +268,6 @@ where
         trusted: config.forwarded_allow_ips.clone(),
         proxy_protocol: config.proxy_protocol,
         tls,
-        floods: h2_flood::Floods::new(me),
         served: AtomicU64::new(0),
         retire_after: retire_after(&config),
     }));
@@ -439,7 +436,7 @@ const HTTP2_FIELD_OVERHEAD: usize = 32;
 /// HTTP/2 pseudo-header fields of a request, which stand in for the request line.
 const HTTP2_PSEUDO_FIELDS: usize = 4;
 
-fn protocols(config: &Config) -> protocol::Builders {
+fn protocols(config: &Config, me: Me) -> protocol::Builders {
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -466,6 +463,7 @@ fn protocols(config: &Config) -> protocol::Builders {
     protocol::Builders {
         http1,
         http2,
+        floods: h2_flood::Floods::new(me),
         parked: Default::default(),
     }
 }

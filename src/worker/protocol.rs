@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::h2_batch::{self, Batched};
-use super::h2_flood::PREFACE;
+use super::h2_flood::{FloodGuard, Floods, PREFACE};
 use super::parking::{Rest, Resting};
 use super::prefixed::Prefixed;
 
@@ -38,6 +38,8 @@ type BoxError = Box<dyn Error + Send + Sync>;
 pub(crate) struct Builders {
     pub(crate) http1: http1::Builder,
     pub(crate) http2: http2::Builder<TokioExecutor>,
+    /// HTTP/2 connections cut for flooding, reported at most once a second.
+    pub(crate) floods: Floods,
     /// HTTP/1 connections parked now.
     pub(crate) parked: AtomicUsize,
 }
@@ -58,14 +60,13 @@ impl Builders {
     }
 }
 
-/// The socket as hyper is given it.
-type Io<IO> = TokioIo<Prefixed<IO>>;
-
 /// The socket of an HTTP/1 connection, parked or as hyper is given it.
 type Http1Io<IO> = Resting<Prefixed<IO>>;
 
-/// hyper's HTTP/2 connection, its writes batched.
-type Http2<IO, S> = http2::Connection<Io<Batched<IO>>, S, TokioExecutor>;
+/// hyper's HTTP/2 connection, its writes batched, the client's frames watched for floods.
+/// The guard reads the first bytes again from [`Prefixed`], the preface included; HTTP/1
+/// connections go without it.
+type Http2<IO, S> = http2::Connection<TokioIo<Batched<FloodGuard<Prefixed<IO>>>>, S, TokioExecutor>;
 
 /// One connection, from its first bytes until it closes or is upgraded.
 // The HTTP/1 state is where nearly every connection spends its life, and the enum is only as
@@ -145,7 +146,8 @@ where
         };
         let read = read[..filled].to_vec();
         if http2 {
-            let io = TokioIo::new(Prefixed::new(read, Batched::new(io)));
+            let io = Prefixed::new(read, io);
+            let io = TokioIo::new(Batched::new(FloodGuard::new(io, &builders.floods)));
             Connection::Http2(Box::pin(builders.http2.serve_connection(io, service)))
         } else {
             let io = Resting::new(Prefixed::new(read, io), Rest::default());
@@ -319,6 +321,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
+    use crate::worker::Me;
 
     /// The settings the tests serve with: hyper's defaults, with a timer for its header-read
     /// timeout.
@@ -328,6 +331,7 @@ mod tests {
         Box::leak(Box::new(Builders {
             http1,
             http2: http2::Builder::new(TokioExecutor::new()),
+            floods: Floods::new(Me(0)),
             parked: AtomicUsize::new(0),
         }))
     }
