@@ -34,6 +34,7 @@ pub fn accept_balance(b: &Bench) -> Table {
             tally: true,
             server: server.processes(),
             tls: None,
+            rate: None,
         };
         let mut totals = vec![0u64; workers.len()];
         let (mut requests, mut others, mut errors) = (0, 0, 0);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,6 +73,10 @@ pub struct Spec {
     pub server: Vec<Pid>,
     /// Over TLS, with this client (named `localhost`); in cleartext when `None`.
     pub tls: Option<TlsConnector>,
+    /// Requests a second over all the connections, each connection sending at an even pace;
+    /// `None`: each request as soon as the last was answered. Keep-alive load by the Rust
+    /// generator only (wrk cannot pace).
+    pub rate: Option<f64>,
 }
 
 /// What a measurement found.
@@ -130,8 +134,13 @@ impl Stats {
 /// sessions are counted; h2load for HTTP/2).
 pub fn measure(generator: Generator, threads: usize, spec: &Spec) -> Stats {
     if spec.mode == Mode::H2c {
+        assert!(spec.rate.is_none(), "h2load is not paced here");
         h2load(threads, spec)
-    } else if generator == Generator::Wrk && !spec.tally && spec.tls.is_none() {
+    } else if generator == Generator::Wrk
+        && !spec.tally
+        && spec.tls.is_none()
+        && spec.rate.is_none()
+    {
         wrk(threads, spec)
     } else {
         run(threads, spec)
@@ -208,6 +217,39 @@ struct Target {
     path: String,
     tally: bool,
     window: Window,
+    /// Between two requests of one connection, when paced.
+    interval: Option<Duration>,
+    /// Connections started so far: each paced one starts at its own point of the interval.
+    started: AtomicUsize,
+    conns: usize,
+}
+
+impl Target {
+    /// The pace of a connection starting now, if the load is paced.
+    fn pace(&self) -> Option<Pace> {
+        let interval = self.interval?;
+        let nth = self.started.fetch_add(1, Ordering::Relaxed) % self.conns.max(1);
+        let offset = interval.mul_f64(nth as f64 / self.conns.max(1) as f64);
+        Some(Pace {
+            interval,
+            next: tokio::time::Instant::now() + offset,
+        })
+    }
+}
+
+/// One connection's schedule of requests at a fixed interval.
+struct Pace {
+    interval: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    /// Waits for the next request's time. A connection that fell behind (the server was slow)
+    /// starts again from now instead of sending the missed requests in a burst.
+    async fn wait(&mut self) {
+        tokio::time::sleep_until(self.next).await;
+        self.next = (self.next + self.interval).max(tokio::time::Instant::now());
+    }
 }
 
 /// The Rust generator.
@@ -223,6 +265,11 @@ pub fn run(threads: usize, spec: &Spec) -> Stats {
         path: spec.path.clone(),
         tally: spec.tally,
         window,
+        interval: spec
+            .rate
+            .map(|rate| Duration::from_secs_f64(spec.conns as f64 / rate)),
+        started: AtomicUsize::new(0),
+        conns: spec.conns,
     });
 
     // CPU and memory are sampled on a thread of their own, across the counted window only.
@@ -288,7 +335,10 @@ fn client_thread(target: &Arc<Target>, mode: Mode, conns: usize) -> Vec<Record> 
                     let mut record = Record::default();
                     match mode {
                         Mode::KeepAlive => keep_alive(&target, &mut record).await,
-                        Mode::ConnPerRequest => conn_per_request(&target, &mut record).await,
+                        Mode::ConnPerRequest => {
+                            assert!(target.interval.is_none(), "paced load is keep-alive");
+                            conn_per_request(&target, &mut record).await
+                        }
                         Mode::H2c => unreachable!("`measure` gives HTTP/2 load to h2load"),
                     }
                     record
@@ -519,6 +569,7 @@ async fn attempt(
 
 async fn keep_alive(target: &Target, record: &mut Record) {
     let window = target.window;
+    let mut pace = target.pace();
     'connection: while Instant::now() < window.until {
         let sent = Instant::now();
         let Some((mut tx, conn, resumed)) = connect(target.addr, target.tls.as_ref()).await else {
@@ -528,6 +579,9 @@ async fn keep_alive(target: &Target, record: &mut Record) {
         record.handshake(target, window, sent, resumed);
         let mut conn = std::pin::pin!(conn);
         while Instant::now() < window.until {
+            if let Some(pace) = &mut pace {
+                pace.wait().await;
+            }
             let sent = Instant::now();
             let exchange = exchange(&mut tx, &target.path, false, target.tally);
             let result = drive(exchange, conn.as_mut()).await;

@@ -79,6 +79,7 @@ pub fn process_model(b: &Bench) -> Vec<Table> {
             tally: false,
             server: server.processes(),
             tls: None,
+            rate: None,
         };
         load::measure(Generator::Rust, b.client_threads, &spec).peak_mem
     };

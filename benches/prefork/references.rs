@@ -4,21 +4,25 @@
 //! (`examples/bare.rs`: the cost of prefork alone) and the demo's axum app (prefork and axum).
 //! HTTP/1.1 keep-alive, and HTTP/2 by prior knowledge when h2load is installed. Requests per
 //! second and requests per CPU-second of the server's processes (nginx's master and workers,
-//! prefork's master and workers), each a median of per-round ratios.
+//! prefork's master and workers), each a median of per-round ratios. 1 MiB over HTTP/1.1 is
+//! measured against nginx once more with both servers paced at the same rate (see [`paced`]).
 
 use crate::Bench;
 use crate::load::{self, H2_STREAMS, Mode, Stats};
 use crate::reference_servers::{self, Kind};
-use crate::report::{Table, rate, ratios};
+use crate::report::{Table, median, rate, ratios};
 use crate::server;
-use crate::support::PATIENCE;
+use crate::support::{PATIENCE, Server};
 use crate::throughput::{
-    FILES, Pair, alternate, assert_whole_bodies, compare, errors_row, expect_ok, per_round,
-    write_files,
+    FILES, Pair, alternate, alternate_at, assert_whole_bodies, compare, errors_row, expect_ok,
+    per_round, write_files,
 };
 
 /// HTTP/2 connections (`h2load -c`), each with [`H2_STREAMS`] requests in flight.
 const H2_CONNS: usize = 16;
+
+/// The paced run's rate, as a share of the slower side's rate at full load.
+const PACED_SHARE: f64 = 0.6;
 
 pub fn references(b: &Bench) -> Vec<Table> {
     let modes = modes();
@@ -110,6 +114,9 @@ fn static_files(b: &Bench, modes: &[Mode]) -> Table {
                 let target = (size <= 1024 || matches!(kind, Kind::Nginx)).then_some(1.0);
                 let label = format!("{label} {} vs {}", protocol(mode), kind.name());
                 rows(&mut table, &label, &pairs, target);
+                if size > 1024 && mode == Mode::KeepAlive && matches!(kind, Kind::Nginx) {
+                    paced(b, &mut table, &reference, &pre, &path, &pairs, &label);
+                }
             }
         }
     }
@@ -118,6 +125,32 @@ fn static_files(b: &Bench, modes: &[Mode]) -> Table {
          processes, read from /proc over the measured window; higher is better",
     );
     table
+}
+
+/// The same load at the same rate for both sides, below what either serves at full load: at
+/// full load the faster server also takes more of the kernel's receive work for the client's
+/// socket (docs/performance.md), so its CPU per request is not the same measure as the
+/// slower one's. Informational: the target is the full-load row's.
+fn paced(
+    b: &Bench,
+    table: &mut Table,
+    reference: &reference_servers::Reference,
+    pre: &Server,
+    path: &str,
+    full: &[Pair],
+    label: &str,
+) {
+    let slower =
+        |f: fn(&Pair) -> &Stats| median(&full.iter().map(|p| f(p).rps()).collect::<Vec<_>>());
+    let rate = PACED_SHARE * slower(|p| &p.base).min(slower(|p| &p.pre));
+    let side = reference.side(Mode::KeepAlive);
+    let pairs = alternate_at(b, side, pre, path, Mode::KeepAlive, b.conns, Some(rate));
+    rows(
+        table,
+        &format!("{label}, both paced at {rate:.0}/s"),
+        &pairs,
+        None,
+    );
 }
 
 fn apps(b: &Bench, modes: &[Mode]) -> Table {

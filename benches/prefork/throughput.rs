@@ -50,6 +50,20 @@ pub fn alternate<'a>(
     mode: Mode,
     conns: usize,
 ) -> Vec<Pair> {
+    alternate_at(b, base, pre, path, mode, conns, None)
+}
+
+/// [`alternate`], with both sides loaded at `rate` requests a second when given (the Rust
+/// generator, keep-alive).
+pub fn alternate_at<'a>(
+    b: &Bench,
+    base: impl Into<Side<'a>>,
+    pre: impl Into<Side<'a>>,
+    path: &str,
+    mode: Mode,
+    conns: usize,
+    rate: Option<f64>,
+) -> Vec<Pair> {
     let (base, pre) = (base.into(), pre.into());
     let measure = |side: Side| {
         let spec = Spec {
@@ -62,6 +76,7 @@ pub fn alternate<'a>(
             tally: false,
             server: side.server.processes(),
             tls: side.tls.cloned(),
+            rate,
         };
         load::measure(b.generator, b.client_threads, &spec)
     };

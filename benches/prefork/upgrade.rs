@@ -68,6 +68,7 @@ pub fn upgrade(b: &Bench) -> Table {
         // would only make the two measurements differ.
         server: Vec::new(),
         tls: None,
+        rate: None,
     };
 
     let mut rounds = Vec::new();
