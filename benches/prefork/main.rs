@@ -17,7 +17,10 @@
 //! requests per second and per CPU-second of the server's processes), `tls` (against nginx
 //! with the same certificate: HTTP/1.1 keep-alive, new connections with full and resumed
 //! handshakes, HTTP/2 by ALPN with h2load), `connections` (resident memory per idle keep-alive
-//! connection against the single-process servers, and per open websocket).
+//! connection against the single-process servers, and per open websocket), `instructions`
+//! (user-space instructions per request of the bare and demo apps against the one-process
+//! server, counted by callgrind when valgrind is installed: the app path's figure that load
+//! does not move).
 //!
 //! Settings, from the environment:
 //!
@@ -34,6 +37,7 @@
 
 mod balance;
 mod drain;
+mod instructions;
 mod load;
 mod per_connection;
 mod process;
@@ -54,7 +58,7 @@ use std::time::Duration;
 use load::Generator;
 use report::Table;
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "throughput",
     "static",
     "process",
@@ -64,6 +68,7 @@ const SECTIONS: [&str; 9] = [
     "references",
     "tls",
     "connections",
+    "instructions",
 ];
 
 /// Everything a section needs: the settings and a runtime for the drain section's idle
@@ -221,6 +226,9 @@ fn main() {
     }
     if run("connections") {
         show(vec![per_connection::memory(&bench)]);
+    }
+    if run("instructions") {
+        show(instructions::instructions());
     }
 
     let mut summary = Table::new("Targets");

@@ -40,7 +40,7 @@ const IDLE_AT_MOST: Duration = Duration::from_secs(10);
 
 pub fn memory(_: &Bench) -> Table {
     let mut table = Table::new(format!(
-        "8. Memory per idle connection: resident memory of the server's processes grown by \
+        "9. Memory per idle connection: resident memory of the server's processes grown by \
          {CONNECTIONS} connections, each answered once (HTTP/1.1, or HTTP/2 by prior knowledge) \
          and then idle, or upgraded to a websocket that sends nothing; prefork with one worker"
     ));
