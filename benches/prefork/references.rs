@@ -8,14 +8,14 @@
 //! measured against nginx once more with both servers paced at the same rate (see [`paced`]).
 
 use crate::Bench;
-use crate::load::{self, H2_STREAMS, Mode, Stats};
+use crate::load::{self, H2_STREAMS, Mode, Spec, Stats};
 use crate::reference_servers::{self, Kind};
 use crate::report::{Table, median, rate, ratios};
 use crate::server;
 use crate::support::{PATIENCE, Server};
 use crate::throughput::{
-    FILES, Pair, alternate, alternate_at, assert_whole_bodies, compare, errors_row, expect_ok,
-    per_round, write_files,
+    FILES, Pair, alternate, assert_whole_bodies, compare, errors_row, expect_ok, in_turns,
+    per_round, spec, write_files,
 };
 
 /// HTTP/2 connections (`h2load -c`), each with [`H2_STREAMS`] requests in flight.
@@ -143,8 +143,12 @@ fn paced(
     let slower =
         |f: fn(&Pair) -> &Stats| median(&full.iter().map(|p| f(p).rps()).collect::<Vec<_>>());
     let rate = PACED_SHARE * slower(|p| &p.base).min(slower(|p| &p.pre));
-    let side = reference.side(Mode::KeepAlive);
-    let pairs = alternate_at(b, side, pre, path, Mode::KeepAlive, b.conns, Some(rate));
+    // The Rust generator: wrk cannot pace.
+    let paced = |side| Spec {
+        rate: Some(rate),
+        ..spec(b, side, path, Mode::KeepAlive, b.conns)
+    };
+    let pairs = in_turns(b, reference.side(Mode::KeepAlive), pre.into(), paced);
     rows(
         table,
         &format!("{label}, both paced at {rate:.0}/s"),

@@ -50,36 +50,35 @@ pub fn alternate<'a>(
     mode: Mode,
     conns: usize,
 ) -> Vec<Pair> {
-    alternate_at(b, base, pre, path, mode, conns, None)
+    in_turns(b, base.into(), pre.into(), |side| {
+        spec(b, side, path, mode, conns)
+    })
 }
 
-/// [`alternate`], with both sides loaded at `rate` requests a second when given (the Rust
-/// generator, keep-alive).
-pub fn alternate_at<'a>(
+/// What [`alternate`] measures a side with.
+pub fn spec(b: &Bench, side: Side, path: &str, mode: Mode, conns: usize) -> Spec {
+    Spec {
+        addr: side.addr,
+        path: path.to_string(),
+        mode,
+        conns,
+        warmup: b.warmup,
+        duration: b.secs,
+        tally: false,
+        server: side.server.processes(),
+        tls: side.tls.cloned(),
+        rate: None,
+    }
+}
+
+/// Measures each side with its `spec`, in turns as [`alternate`] says.
+pub fn in_turns<'a>(
     b: &Bench,
-    base: impl Into<Side<'a>>,
-    pre: impl Into<Side<'a>>,
-    path: &str,
-    mode: Mode,
-    conns: usize,
-    rate: Option<f64>,
+    base: Side<'a>,
+    pre: Side<'a>,
+    spec: impl Fn(Side<'a>) -> Spec,
 ) -> Vec<Pair> {
-    let (base, pre) = (base.into(), pre.into());
-    let measure = |side: Side| {
-        let spec = Spec {
-            addr: side.addr,
-            path: path.to_string(),
-            mode,
-            conns,
-            warmup: b.warmup,
-            duration: b.secs,
-            tally: false,
-            server: side.server.processes(),
-            tls: side.tls.cloned(),
-            rate,
-        };
-        load::measure(b.generator, b.client_threads, &spec)
-    };
+    let measure = |side| load::measure(b.generator, b.client_threads, &spec(side));
     (0..b.rounds)
         .map(|round| {
             if round % 2 == 0 {
