@@ -169,21 +169,54 @@ pub(crate) fn handed_over() -> Option<Result<Record, String>> {
     // here owns it.
     let previous = previous.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let text = record.to_string_lossy().into_owned();
-    Some(match Record::decode(&text) {
+    let taken = Record::decode(&text)
+        .map_err(|why| format!("cannot read the upgrade record: {why}"))
+        .and_then(|record| adoptable(&record).map(|()| record));
+    Some(match taken {
         Ok(record) => Ok(record),
-        Err(why) => {
-            let why = format!("cannot read the upgrade record: {why}");
-            match previous {
-                Some(previous) if !fallback => {
-                    let error = fall_back(previous, &text);
-                    Err(format!(
-                        "{why}; and cannot go back to the previous binary: {error}"
-                    ))
-                }
-                _ => Err(why),
+        // Nothing the record names has been taken yet: the previous binary finds it all open.
+        Err(why) => match previous {
+            Some(previous) if !fallback => {
+                tracing::error!("{why}; going back to the previous binary");
+                let error = fall_back(previous, &text);
+                Err(format!(
+                    "{why}; and cannot go back to the previous binary: {error}"
+                ))
             }
-        }
+            _ => Err(why),
+        },
     })
+}
+
+/// Whether this build can adopt the shared tables `record` names: a table of another size was
+/// made by a build whose layout differs (see `process::metrics`), and mapping it would fail
+/// only once the listeners had been taken, too late to go back.
+fn adoptable(record: &Record) -> Result<(), String> {
+    type Fits = fn(BorrowedFd<'_>) -> nix::Result<bool>;
+    let tables: [(&str, Option<RawFd>, Fits); 2] = [
+        ("balancing board", Some(record.board), |fd| Board::fits(fd)),
+        ("metrics table", record.metrics, |fd| Metrics::fits(fd)),
+    ];
+    for (what, fd, fits) in tables {
+        let Some(fd) = fd else { continue };
+        if fd < 0 {
+            return Err(format!("the upgrade record names no {what}"));
+        }
+        // SAFETY: the previous image kept the descriptors the record names open for this one,
+        // and none has been taken (and so none closed) yet; it is only borrowed for the call.
+        let file = unsafe { BorrowedFd::borrow_raw(fd) };
+        match fits(file) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(format!(
+                    "the running binary's {what} has another layout than this build's: stop \
+                     and start the server instead of upgrading it in place"
+                ));
+            }
+            Err(e) => return Err(format!("cannot look at the running binary's {what}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// What an image takes over from the previous one.
@@ -385,4 +418,45 @@ fn cstrings_of(items: &[OsString]) -> Vec<CString> {
         .iter()
         .filter_map(|item| CString::new(item.as_bytes()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use nix::unistd::ftruncate;
+
+    use super::*;
+
+    fn record(board: &OwnedFd, metrics: Option<&OwnedFd>) -> Record {
+        Record {
+            generation: 1,
+            target: 1,
+            configured: 1,
+            was_serving: true,
+            workers: Vec::new(),
+            listeners: Vec::new(),
+            board: board.as_raw_fd(),
+            metrics: metrics.map(AsRawFd::as_raw_fd),
+        }
+    }
+
+    #[test]
+    fn tables_of_another_layout_are_refused_before_anything_is_taken() {
+        let (_, board) = Board::new().unwrap();
+        let (_, metrics) = Metrics::new().unwrap();
+        assert_eq!(adoptable(&record(&board, Some(&metrics))), Ok(()));
+        // A build without metrics handed none over.
+        assert_eq!(adoptable(&record(&board, None)), Ok(()));
+
+        // Another build's metrics table: a word longer.
+        let other = memfd_create(c"prefork-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        let len = nix::sys::stat::fstat(&metrics).unwrap().st_size;
+        ftruncate(&other, len + 8).unwrap();
+        let why = adoptable(&record(&board, Some(&other))).unwrap_err();
+        assert!(why.contains("metrics table has another layout"), "{why}");
+        let why = adoptable(&record(&other, Some(&metrics))).unwrap_err();
+        assert!(why.contains("balancing board has another layout"), "{why}");
+        // Borrowed only: both are still open.
+        assert!(nix::sys::stat::fstat(&other).is_ok() && nix::sys::stat::fstat(&metrics).is_ok());
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::shared_memory::{self, AtomicTable};
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// More workers than this share the cells that remain, which only weakens balancing.
 const CELLS: usize = 256;
@@ -65,6 +65,11 @@ impl Board {
     pub(crate) fn new() -> nix::Result<(Board, OwnedFd)> {
         let (table, file) = shared_memory::create(c"prefork-board")?;
         Ok((Board { table }, file))
+    }
+
+    /// Whether `file` holds a board of this build's layout.
+    pub(crate) fn fits(file: impl AsFd) -> nix::Result<bool> {
+        shared_memory::fits::<Table>(file)
     }
 
     /// Maps the table in `file`, made by [`Board::new`] in this master or in the image it
@@ -206,6 +211,13 @@ impl Seat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_layout_is_the_one_other_builds_adopt() {
+        // An upgrade hands the board to the new image, which refuses one of another size: a
+        // change here fails every upgrade from, and rollback to, a build without it.
+        assert_eq!(size_of::<Table>(), 8 + CELLS * 12);
+    }
 
     #[test]
     fn a_worker_above_the_average_steps_back() {

@@ -7,8 +7,15 @@
 //! Gauges (requests in flight, draining) are kept per process, in a cell of the same number as
 //! the worker's on the board (whose count of open connections the metrics read too), and
 //! cleared by the master when it reaps the worker, so a crash leaves nothing behind.
+//!
+//! The table outlives a binary: an upgrade hands it to the new image, which adopts it only if
+//! it is exactly the size of its own (`shared_memory::map`), and a rollback hands it back.
+//! So its layout does not change between builds. Each part keeps spare words, zero until a
+//! later build gives one a meaning: a new counter or gauge takes the first spare word of its
+//! part, and the old binary on the other side of an upgrade or a rollback sees it as spare.
+//! A test pins the size.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +66,8 @@ struct Master {
     generation: AtomicU64,
     /// 1 once a stop has begun.
     stopping: AtomicU64,
+    /// Room for later builds' counts: see the module doc.
+    _spare: [AtomicU64; 16],
 }
 
 /// What the workers of one slot have done, ever.
@@ -74,6 +83,8 @@ struct Slot {
     /// past every bound.
     durations: [AtomicU64; BUCKETS.len() + 1],
     duration_micros: AtomicU64,
+    /// Room for later builds' counts: see the module doc.
+    _spare: [AtomicU64; 11],
 }
 
 /// One worker process's gauges, while it runs.
@@ -83,6 +94,8 @@ struct Cell {
     slot: AtomicU64,
     in_flight: AtomicU64,
     draining: AtomicU64,
+    /// Room for later builds' gauges: see the module doc.
+    _spare: [AtomicU64; 5],
 }
 
 #[repr(C)]
@@ -112,6 +125,11 @@ impl Metrics {
     pub(crate) fn new() -> nix::Result<(Metrics, OwnedFd)> {
         let (table, file) = shared_memory::create(c"prefork-metrics")?;
         Ok((Metrics { table }, file))
+    }
+
+    /// Whether `file` holds a table of this build's layout.
+    pub(crate) fn fits(file: impl AsFd) -> nix::Result<bool> {
+        shared_memory::fits::<Table>(file)
     }
 
     /// Maps the table in `file`, made by [`Metrics::new`] here or in the image this one
@@ -378,6 +396,16 @@ pub(crate) struct WorkerReading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_layout_is_the_one_other_builds_adopt() {
+        // A table of another size fails an upgrade's adoption, and a rollback's: a new metric
+        // takes a spare word of its part instead of growing the table.
+        assert_eq!(size_of::<Master>(), 24 * 8);
+        assert_eq!(size_of::<Slot>(), 32 * 8);
+        assert_eq!(size_of::<Cell>(), 8 * 8);
+        assert_eq!(size_of::<Table>(), 82_112);
+    }
 
     #[test]
     fn durations_fall_in_the_first_bucket_that_holds_them() {

@@ -4,7 +4,7 @@
 
 use std::ffi::CStr;
 use std::num::NonZeroUsize;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
@@ -29,11 +29,17 @@ pub(crate) fn create<T: AtomicTable>(name: &CStr) -> nix::Result<(NonNull<T>, Ow
     Ok((map(&file)?, file))
 }
 
+/// Whether `file` holds a table of `T`: one of another size is another build's table, whose
+/// layout this build does not know.
+pub(crate) fn fits<T: AtomicTable>(file: impl AsFd) -> nix::Result<bool> {
+    Ok(usize::try_from(fstat(file)?.st_size).ok() == Some(size_of::<T>()))
+}
+
 /// Maps the table of `T` in `file`, made by [`create`] here or in the image this one replaced;
-/// a file of another size (another build's table) is refused.
+/// a file of another size (another build's table) is refused with `EINVAL`.
 pub(crate) fn map<T: AtomicTable>(file: &OwnedFd) -> nix::Result<NonNull<T>> {
     let len = NonZeroUsize::new(size_of::<T>()).expect("a non-empty table");
-    if usize::try_from(fstat(file)?.st_size).ok() != Some(len.get()) {
+    if !fits::<T>(file)? {
         return Err(Errno::EINVAL);
     }
     // SAFETY: the file is exactly one table long; a new file is zeroed, which `AtomicTable`
@@ -49,4 +55,29 @@ pub(crate) fn map<T: AtomicTable>(file: &OwnedFd) -> nix::Result<NonNull<T>> {
         )?
     };
     Ok(ptr.cast())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    #[repr(C)]
+    struct Two([AtomicU64; 2]);
+    // SAFETY: `repr(C)`, and made of atomics only.
+    unsafe impl AtomicTable for Two {}
+
+    #[repr(C)]
+    struct Three([AtomicU64; 3]);
+    // SAFETY: as above.
+    unsafe impl AtomicTable for Three {}
+
+    #[test]
+    fn a_table_is_adopted_only_by_a_build_of_its_size() {
+        let (_, file) = create::<Two>(c"prefork-test").unwrap();
+        assert!(fits::<Two>(&file).unwrap() && map::<Two>(&file).is_ok());
+        assert!(!fits::<Three>(&file).unwrap());
+        assert_eq!(map::<Three>(&file).err(), Some(Errno::EINVAL));
+    }
 }
