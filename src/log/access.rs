@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::{CONTENT_LENGTH, REFERER, USER_AGENT};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -102,18 +102,18 @@ impl Entry {
     }
 
     /// Writes the line for the response that is starting now.
-    pub(crate) fn finish<B>(self, response: &Response<B>) {
+    pub(crate) fn finish(self, response: &http::response::Parts) {
         let Some(log) = ACCESS_LOG.get() else {
             return;
         };
         let size = response
-            .headers()
+            .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
         let line = match log.format {
-            LogFormat::Text => self.combined(response.status().as_u16(), size),
-            LogFormat::Json => self.json(response.status().as_u16(), size),
+            LogFormat::Text => self.combined(response.status.as_u16(), size),
+            LogFormat::Json => self.json(response.status.as_u16(), size),
         };
         if let Err(e) = log.sink.write_line(line.as_bytes()) {
             tracing::warn!("cannot write the access log: {e}");

@@ -312,7 +312,8 @@ impl<S: AppService> Future for ResponseFuture<S> {
     type Output = Result<Response<ResponseBody<Either<S::Body, Full<Bytes>>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, closing, entry, in_flight, metered) = match self.project() {
+        // Taken apart once and put together once: each `Response::map` moves the whole head.
+        let (mut parts, body, closing, entry, in_flight, metered) = match self.project() {
             Projection::App {
                 inner,
                 closing,
@@ -320,9 +321,8 @@ impl<S: AppService> Future for ResponseFuture<S> {
                 in_flight,
                 metered,
             } => {
-                let response = std::task::ready!(inner.poll(cx))?;
-                let response = response.map(Either::Left);
-                (response, closing, entry, in_flight, metered)
+                let (parts, body) = std::task::ready!(inner.poll(cx))?.into_parts();
+                (parts, Either::Left(body), closing, entry, in_flight, metered)
             }
             Projection::Own {
                 response,
@@ -332,15 +332,15 @@ impl<S: AppService> Future for ResponseFuture<S> {
                 metered,
             } => {
                 // Polled again only after it returned Ready, which hyper never does.
-                let response = response
+                let (parts, body) = response
                     .take()
-                    .expect("own response polled after completion");
-                let response = response.map(Either::Right);
-                (response, closing, entry, in_flight, metered)
+                    .expect("own response polled after completion")
+                    .into_parts();
+                (parts, Either::Right(body), closing, entry, in_flight, metered)
             }
         };
         if let Some(metered) = metered.take() {
-            metered.answered(response.status().as_u16());
+            metered.answered(parts.status.as_u16());
         }
         // Polled again only after it returned Ready, which hyper never does.
         let mut in_flight = in_flight
@@ -349,14 +349,15 @@ impl<S: AppService> Future for ResponseFuture<S> {
         in_flight.answered();
         if closing.as_ref().is_some_and(|s| s.drain.is_draining()) {
             // hyper reads this header and closes the connection once the response is written.
-            response
-                .headers_mut()
+            parts
+                .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(entry) = entry.take() {
-            entry.finish(&response);
+            entry.finish(&parts);
         }
-        Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, in_flight))))
+        let body = ResponseBody::new(body, in_flight);
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 
