@@ -322,7 +322,14 @@ impl<S: AppService> Future for ResponseFuture<S> {
                 metered,
             } => {
                 let (parts, body) = std::task::ready!(inner.poll(cx))?.into_parts();
-                (parts, Either::Left(body), closing, entry, in_flight, metered)
+                (
+                    parts,
+                    Either::Left(body),
+                    closing,
+                    entry,
+                    in_flight,
+                    metered,
+                )
             }
             Projection::Own {
                 response,
@@ -336,7 +343,14 @@ impl<S: AppService> Future for ResponseFuture<S> {
                     .take()
                     .expect("own response polled after completion")
                     .into_parts();
-                (parts, Either::Right(body), closing, entry, in_flight, metered)
+                (
+                    parts,
+                    Either::Right(body),
+                    closing,
+                    entry,
+                    in_flight,
+                    metered,
+                )
             }
         };
         if let Some(metered) = metered.take() {
