@@ -94,8 +94,11 @@ struct Cell {
     slot: AtomicU64,
     in_flight: AtomicU64,
     draining: AtomicU64,
+    /// Idle HTTP/1 connections parked (see `worker::parking`); the first spare word of
+    /// builds before it, which read it as spare.
+    parked: AtomicU64,
     /// Room for later builds' gauges: see the module doc.
-    _spare: [AtomicU64; 5],
+    _spare: [AtomicU64; 4],
 }
 
 #[repr(C)]
@@ -163,6 +166,7 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
         let cell = self.cell(cell);
         cell.in_flight.store(0, Ordering::Relaxed);
+        cell.parked.store(0, Ordering::Relaxed);
         cell.draining.store(0, Ordering::Relaxed);
         cell.slot.store(slot as u64, Ordering::Relaxed);
     }
@@ -230,6 +234,7 @@ impl Metrics {
             entry.draining += usize::from(draining);
             entry.open += open(index);
             entry.in_flight += load(&cell.in_flight);
+            entry.parked += load(&cell.parked);
         }
         workers.sort_by_key(|w| w.slot);
         let slots = table
@@ -284,6 +289,16 @@ impl Meter {
 
     pub(crate) fn accepted(&self) {
         self.slot().connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was parked (`true`) or taken out of its parking (`false`).
+    pub(crate) fn parked(&self, parked: bool) {
+        let gauge = &self.cell().parked;
+        if parked {
+            gauge.fetch_add(1, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// A request arrived: in flight until the guard is answered or dropped.
@@ -391,6 +406,7 @@ pub(crate) struct WorkerReading {
     pub(crate) draining: usize,
     pub(crate) open: u64,
     pub(crate) in_flight: u64,
+    pub(crate) parked: u64,
 }
 
 #[cfg(test)]
@@ -405,6 +421,21 @@ mod tests {
         assert_eq!(size_of::<Slot>(), 32 * 8);
         assert_eq!(size_of::<Cell>(), 8 * 8);
         assert_eq!(size_of::<Table>(), 82_112);
+    }
+
+    #[test]
+    fn parked_connections_are_a_gauge_of_their_worker() {
+        let (metrics, _file) = Metrics::new().unwrap();
+        metrics.started(3, 1);
+        let meter = metrics.meter(3, 1);
+        meter.parked(true);
+        meter.parked(true);
+        meter.parked(false);
+        assert_eq!(metrics.read(|_| 0).workers[0].parked, 1);
+        // A worker that crashed leaves nothing behind: the next one in its cell starts at 0.
+        metrics.exited(3, ExitCause::Crashed);
+        metrics.started(3, 1);
+        assert_eq!(metrics.read(|_| 0).workers[0].parked, 0);
     }
 
     #[test]

@@ -248,6 +248,12 @@ fn encode(r: &Reading, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Er
         "Connections open now, upgraded ones included.",
         open,
     )?;
+    gauge(
+        e,
+        "connections_parked",
+        "Idle HTTP/1 keep-alive connections among the open ones that gave their buffers back.",
+        r.workers.iter().map(|w| w.parked).sum(),
+    )?;
     let workers_open = r
         .workers
         .iter()

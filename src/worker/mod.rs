@@ -248,8 +248,9 @@ where
     };
     // Every connection and request refers to this until the process exits, so it is leaked
     // rather than reference-counted: no atomic increments per connection and per request.
+    let metered = (!config.metrics_bind.is_empty()).then_some(meter);
     let shared: &'static Shared = Box::leak(Box::new(Shared {
-        protocols: protocols(&config, me),
+        protocols: protocols(&config, me, metered),
         extensions: service::extensions(&drain),
         drain,
         tracker: TaskTracker::new(),
@@ -264,7 +265,7 @@ where
         connections: shed::Connections::default(),
         io_timeout: config.io_timeout,
         slot,
-        meter: (!config.metrics_bind.is_empty()).then_some(meter),
+        meter: metered,
         trusted: config.forwarded_allow_ips.clone(),
         proxy_protocol: config.proxy_protocol,
         tls,
@@ -436,7 +437,7 @@ const HTTP2_FIELD_OVERHEAD: usize = 32;
 /// HTTP/2 pseudo-header fields of a request, which stand in for the request line.
 const HTTP2_PSEUDO_FIELDS: usize = 4;
 
-fn protocols(config: &Config, me: Me) -> protocol::Builders {
+fn protocols(config: &Config, me: Me, meter: Option<Meter>) -> protocol::Builders {
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -465,6 +466,7 @@ fn protocols(config: &Config, me: Me) -> protocol::Builders {
         http2,
         floods: h2_flood::Floods::new(me),
         parked: Default::default(),
+        meter,
     }
 }
 

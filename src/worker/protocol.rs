@@ -31,6 +31,7 @@ use super::h2_batch::{self, Batched};
 use super::h2_flood::{FloodGuard, Floods, PREFACE};
 use super::parking::{Rest, Resting};
 use super::prefixed::Prefixed;
+use crate::process::metrics::Meter;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -42,6 +43,8 @@ pub(crate) struct Builders {
     pub(crate) floods: Floods,
     /// HTTP/1 connections parked now.
     pub(crate) parked: AtomicUsize,
+    /// Where the parked ones are also counted, with `--metrics-bind`.
+    pub(crate) meter: Option<Meter>,
 }
 
 impl Builders {
@@ -198,7 +201,7 @@ where
             service: parts.service,
             builders,
             until: Box::pin(tokio::time::sleep_until(until)),
-            _counted: Counted::new(&builders.parked),
+            _counted: Counted::new(builders),
         };
         true
     }
@@ -218,19 +221,25 @@ where
     }
 }
 
-/// A parked connection's place in [`Builders::parked`].
-pub(crate) struct Counted(&'static AtomicUsize);
+/// A parked connection's place in [`Builders::parked`], and in the metrics' gauge.
+pub(crate) struct Counted(&'static Builders);
 
 impl Counted {
-    fn new(parked: &'static AtomicUsize) -> Self {
-        parked.fetch_add(1, Ordering::Relaxed);
-        Self(parked)
+    fn new(builders: &'static Builders) -> Self {
+        builders.parked.fetch_add(1, Ordering::Relaxed);
+        if let Some(meter) = &builders.meter {
+            meter.parked(true);
+        }
+        Self(builders)
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+        if let Some(meter) = &self.0.meter {
+            meter.parked(false);
+        }
     }
 }
 
@@ -333,6 +342,7 @@ mod tests {
             http2: http2::Builder::new(TokioExecutor::new()),
             floods: Floods::new(Me(0)),
             parked: AtomicUsize::new(0),
+            meter: None,
         }))
     }
 

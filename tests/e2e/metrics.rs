@@ -193,3 +193,27 @@ fn metrics_show_connections_open_and_requests_in_flight() {
         1
     );
 }
+
+#[test]
+fn parked_connections_are_counted_until_their_next_request() {
+    let server = Server::builder(Bin::Demo, 1)
+        .args(&["--metrics-bind", "127.0.0.1:0", "--keepalive", "60s"])
+        .start();
+    let metrics = metrics_addr(&server);
+    let parked = || value(&scrape(metrics), "prefork_connections_parked");
+    let mut conns: Vec<_> = (0..3)
+        .map(|_| super::http::Conn::connect(server.addr).unwrap())
+        .collect();
+    for conn in &mut conns {
+        assert_eq!(conn.get("/").unwrap().status, 200);
+    }
+    // Idle for a second, each is parked by the next sweep.
+    server.wait_until("three connections parked", || (parked() == 3).then_some(()));
+    assert_eq!(conns[0].get("/").unwrap().status, 200);
+    // Taken out of its parking for a second at least, until it is idle that long again.
+    server.wait_until("one of them serving again", || {
+        (parked() == 2).then_some(())
+    });
+    drop(conns);
+    server.wait_until("none parked once closed", || (parked() == 0).then_some(()));
+}
