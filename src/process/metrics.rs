@@ -94,8 +94,8 @@ struct Cell {
     slot: AtomicU64,
     in_flight: AtomicU64,
     draining: AtomicU64,
-    /// Idle HTTP/1 connections parked (see `worker::parking`); the first spare word of
-    /// builds before it, which read it as spare.
+    /// Idle HTTP/1 connections parked (see `worker::parking`): the first gauge taken from
+    /// the spare words, so the cell's size is the one it had without it.
     parked: AtomicU64,
     /// Room for later builds' gauges: see the module doc.
     _spare: [AtomicU64; 4],
