@@ -1,8 +1,8 @@
 //! What one connection has been doing, as its service sees it: so that an HTTP/2 connection
 //! left without requests can be closed, an idle keep-alive connection shed to make room or
-//! parked (see [`super::parking`]), and a stalled one closed. hyper times out idle HTTP/1
-//! connections itself (its header-read timer) but has no idle timeout for HTTP/2, where a
-//! client may keep a connection open forever without sending a stream.
+//! parked (see [`super::parking`]), and a stalled one closed. hyper has no idle timeout for
+//! HTTP/2, where a client may keep a connection open forever without sending a stream, and its
+//! HTTP/1 one (the header-read timer) costs a timer per request: both are kept here instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -63,7 +63,7 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    /// Notes an HTTP/1 request begun: hyper's own timers watch such a connection.
+    /// Notes an HTTP/1 request begun.
     pub(crate) fn http1(self: &Arc<Self>) -> InFlight {
         self.protocol.store(HTTP1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -164,15 +164,15 @@ impl Activity {
     }
 
     /// Completes once the connection has gone `limit` without a request: an HTTP/2 connection
-    /// with no stream begun or answered in that time, or a connection that sent no request at
-    /// all. Never completes for HTTP/1, which hyper times out itself.
+    /// with no stream begun or answered in that time, a connection that sent no request at
+    /// all, or an HTTP/1 connection between requests for that long.
     pub(crate) async fn idle(&self, limit: Duration) {
         let mut seen = self.events.load(Ordering::Relaxed);
         let mut quiet = 0;
         loop {
             tokio::time::sleep(limit / TICKS).await;
             if self.is_http1() {
-                return std::future::pending().await;
+                return self.between_http1_requests_for(limit).await;
             }
             let events = self.events.load(Ordering::Relaxed);
             if events != seen || self.in_flight.load(Ordering::Relaxed) > 0 {
@@ -184,6 +184,26 @@ impl Activity {
             if quiet == TICKS {
                 return;
             }
+        }
+    }
+
+    /// Completes once the HTTP/1 connection has been between requests for `limit`, whether or
+    /// not part of a next request has come: the keep-alive timeout, and the bound on a head
+    /// sent slowly. hyper's header-read timer would do the same with a timer allocated,
+    /// registered and dropped for every request; this one is the connection's, and wakes at
+    /// most twice per `limit`.
+    async fn between_http1_requests_for(&self, limit: Duration) {
+        let timer = tokio::time::sleep(limit);
+        tokio::pin!(timer);
+        loop {
+            timer.as_mut().await;
+            let wait = match self.idle_for().filter(|_| self.between_http1_requests()) {
+                Some(idle) if idle >= limit => return,
+                Some(idle) => limit - idle,
+                // Not idle now, so not idle for `limit` before a whole `limit` from now.
+                None => limit,
+            };
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
         }
     }
 }
@@ -288,11 +308,31 @@ mod tests {
         assert!(idle_within(&activity, LIMIT + Duration::from_millis(1)).await);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn http1_connections_are_left_to_hyper() {
+    /// On the real clock: an HTTP/1 connection's idle time is read from the coarse clock.
+    #[tokio::test]
+    async fn an_http1_connection_is_idle_once_between_requests_for_the_limit_and_no_later() {
+        use std::time::Instant;
+        const SHORT: Duration = Duration::from_millis(400);
         let activity = Arc::new(Activity::default());
-        drop(activity.http1());
-        assert!(!idle_within(&activity, LIMIT * 10).await);
+        let request = activity.http1();
+        let watched = Arc::clone(&activity);
+        let idle = tokio::spawn(async move {
+            watched.idle(SHORT).await;
+            Instant::now()
+        });
+        tokio::time::sleep(SHORT * 3).await;
+        assert!(!idle.is_finished(), "idle with a request open");
+        let answered = Instant::now();
+        drop(request);
+        let idle_at = tokio::time::timeout(SHORT * 10, idle)
+            .await
+            .expect("never idle")
+            .unwrap();
+        let after = idle_at - answered;
+        // The coarse clock has a few milliseconds of resolution.
+        assert!(after >= SHORT - Duration::from_millis(20), "{after:?}");
+        // At the limit: not a tick or a whole limit later.
+        assert!(after < SHORT + SHORT / 2, "{after:?}");
     }
 
     #[test]

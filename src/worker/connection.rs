@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tracing::debug;
 
 use super::activity::{Activity, Ask};
@@ -134,11 +133,16 @@ async fn serve<IO, S>(
             watched = watched => match watched {
                 Watched::Stalled => return,
                 Watched::Draining => break true,
+                Watched::Idle => {
+                    conn.time_out();
+                    break false;
+                }
                 // A request body stalled, or the worker sheds the connection to make room.
-                Watched::Idle | Watched::Asked(Ask::Close) => break false,
+                Watched::Asked(Ask::Close) => break false,
                 Watched::Asked(Ask::Park) => {
-                    if let Some(until) = parking_until(&activity, shared) {
-                        conn.park(until);
+                    // Still between requests: the ask may be older than the latest request.
+                    if activity.between_http1_requests() {
+                        conn.park();
                     }
                 }
             },
@@ -171,15 +175,6 @@ enum Watched {
     Draining,
     Idle,
     Asked(Ask),
-}
-
-/// When a connection asked to park (see [`super::parking`]) is to close, at the end of its
-/// keep-alive timeout as hyper would have; `None` if it is no longer between HTTP/1 requests.
-fn parking_until(activity: &Activity, shared: &Shared) -> Option<Instant> {
-    let idle_for = activity
-        .idle_for()
-        .filter(|_| activity.between_http1_requests())?;
-    Some(Instant::now() + shared.idle_timeout.saturating_sub(idle_for))
 }
 
 /// Completes, once logged, when an HTTP/2 response has waited on the client's flow-control

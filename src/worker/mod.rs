@@ -51,7 +51,7 @@ use accept::Listener;
 use channel::Channel;
 use stop::Stops;
 
-/// hyper's limit on reading request headers when keep-alive is off (with keep-alive on, the
+/// The limit on reading a request head when keep-alive is off (with keep-alive on, the
 /// keep-alive timeout is the limit).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -78,9 +78,9 @@ pub(crate) struct Shared {
     /// End of the window in which idle keep-alive connections are still answered; set just
     /// before the drain handle fires.
     linger_until: OnceLock<Instant>,
-    /// How long an HTTP/2 connection, or one that sent no request, may go without a request
-    /// before it is closed (GOAWAY for HTTP/2): --keepalive, or [`HEADER_READ_TIMEOUT`] when
-    /// keep-alive is off.
+    /// How long a connection may go without a request before it is closed (GOAWAY for
+    /// HTTP/2), a request head sent slowly included: --keepalive, or [`HEADER_READ_TIMEOUT`]
+    /// when keep-alive is off.
     idle_timeout: Duration,
     /// Requests for this path are answered by prefork: 200, or 503 once stopping.
     health_path: Option<String>,
@@ -440,11 +440,10 @@ const HTTP2_PSEUDO_FIELDS: usize = 4;
 fn protocols(config: &Config, me: Me, meter: Option<Meter>) -> protocol::Builders {
     let mut http1 = http1::Builder::new();
     http1
-        .timer(TokioTimer::new())
         .keep_alive(!config.keepalive.is_zero())
-        // hyper restarts this timer before every request head, so on a keep-alive connection
-        // it is also the idle timeout.
-        .header_read_timeout(idle_timeout(config))
+        // The connection's task times out heads and idle keep-alive connections itself
+        // (`Activity::idle`), without hyper's timer per request.
+        .header_read_timeout(None)
         // The read buffer holds the head until it is parsed. hyper stops growing it at this
         // size but reads into all of its spare room, so a head somewhat larger can arrive
         // whole in it: the bound on the head itself refuses that one.

@@ -15,9 +15,9 @@
 //! [`super::activity::Activity::between_http1_requests`]) and the socket as hyper uses it
 //! ([`Rest`]: hyper's last read found nothing, and all it wrote since was flushed). A
 //! connection of which hyper had already read part of a next request is not parked: what hyper
-//! read is put back and a new hyper connection serves on. Its header-read timer then starts
-//! again, once per idle period, so such a head may take up to twice `--keepalive` and two
-//! seconds.
+//! read is put back and a new hyper connection serves on. A parked connection is closed at the
+//! end of its keep-alive timeout as any idle one is, by its task
+//! ([`super::activity::Activity::idle`]).
 //!
 //! Parking waits until a connection has been idle for a while, so that clients that send their
 //! next request at once (a benchmark, a proxy's busy pool) never pay for taking hyper's state

@@ -25,7 +25,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
 use super::h2_batch::{self, Batched};
 use super::h2_flood::{FloodGuard, Floods, PREFACE};
@@ -93,13 +92,12 @@ where
         rest: Rest,
         builders: &'static Builders,
     },
-    /// An idle HTTP/1 connection without hyper's state, until its next bytes or `until`.
+    /// An idle HTTP/1 connection without hyper's state, until its next bytes, or until the
+    /// connection's task times it out.
     Parked {
         io: Http1Io<IO>,
         service: S,
         builders: &'static Builders,
-        /// The end of the keep-alive timeout, which hyper's header-read timer kept before.
-        until: Pin<Box<Sleep>>,
         _counted: Counted,
     },
     /// Boxed: HTTP/1 connections, the most numerous, do not carry room for it. Its writes are
@@ -132,6 +130,17 @@ where
             Connection::Http1 { conn, .. } => Pin::new(conn).graceful_shutdown(),
             Connection::Http2(conn) => conn.as_mut().graceful_shutdown(),
             Connection::Closed => {}
+        }
+    }
+
+    /// Closes a connection idle past its timeout: at once when hyper has nothing left to write
+    /// and only waits for bytes, which drops any part of a head it has read, as its header-read
+    /// timer would have; gracefully otherwise (GOAWAY for HTTP/2, or an HTTP/1 response still
+    /// to be flushed to a slow reader, which the io timeout bounds). It must still be polled.
+    pub(crate) fn time_out(&mut self) {
+        match self {
+            Connection::Http1 { rest, .. } if rest.resting() => *self = Connection::Closed,
+            _ => self.graceful_shutdown(),
         }
     }
 
@@ -171,9 +180,9 @@ where
     }
 
     /// Parks an HTTP/1 connection that its service found between requests, if hyper rests too
-    /// (see [`super::parking`]): hyper's state is dropped, and the connection closes at `until`
-    /// unless bytes arrive first. True if it was parked.
-    pub(crate) fn park(&mut self, until: Instant) -> bool {
+    /// (see [`super::parking`]): hyper's state is dropped until bytes arrive. True if it was
+    /// parked.
+    pub(crate) fn park(&mut self) -> bool {
         let (conn, builders) = match std::mem::replace(self, Connection::Closed) {
             Connection::Http1 {
                 conn,
@@ -200,7 +209,6 @@ where
             io,
             service: parts.service,
             builders,
-            until: Box::pin(tokio::time::sleep_until(until)),
             _counted: Counted::new(builders),
         };
         true
@@ -267,7 +275,7 @@ where
                 Connection::Http1 { conn, .. } => {
                     return Pin::new(conn).poll(cx).map_err(Into::into);
                 }
-                Connection::Parked { io, until, .. } => {
+                Connection::Parked { io, .. } => {
                     // Room for a request line's start: what follows is read with it by hyper.
                     let mut first = [0; 16];
                     let mut buf = ReadBuf::new(&mut first);
@@ -283,9 +291,7 @@ where
                         *this = std::mem::replace(this, Connection::Closed).unparked();
                         continue;
                     }
-                    ready!(until.as_mut().poll(cx));
-                    *this = Connection::Closed;
-                    return Poll::Ready(Ok(()));
+                    return Poll::Pending;
                 }
                 Connection::Http2(conn) => {
                     return h2_batch::poll_batched(conn.as_mut(), cx).map_err(Into::into);
@@ -326,17 +332,16 @@ mod tests {
     use http::{Request, Response};
     use http_body_util::Full;
     use hyper::service::service_fn;
-    use hyper_util::rt::TokioTimer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
     use crate::worker::Me;
 
-    /// The settings the tests serve with: hyper's defaults, with a timer for its header-read
-    /// timeout.
+    /// The settings the tests serve with: hyper's defaults, without its header-read timer, as
+    /// the worker serves.
     fn builders() -> &'static Builders {
         let mut http1 = http1::Builder::new();
-        http1.timer(TokioTimer::new());
+        http1.header_read_timeout(None);
         Box::leak(Box::new(Builders {
             http1,
             http2: http2::Builder::new(TokioExecutor::new()),
@@ -401,18 +406,17 @@ mod tests {
         assert!(turn(&mut conn).is_pending());
         let answer = response(&mut client, "GET /one").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // hyper looked for a next request before it flushed this answer; the wake that asks a
+        // connection to park polls it again first, and that look finds the socket resting.
+        assert!(turn(&mut conn).is_pending());
         (client, conn)
-    }
-
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
     }
 
     #[tokio::test]
     async fn an_idle_connection_parks_and_serves_its_next_request_from_its_first_bytes() {
         let builders = builders();
         let (mut client, mut conn) = answered_once(builders).await;
-        assert!(conn.park(far()));
+        assert!(conn.park());
         assert!(matches!(conn, Connection::Parked { .. }));
         assert_eq!(builders.parked.load(Ordering::Relaxed), 1);
         assert!(turn(&mut conn).is_pending(), "parked, nothing to read");
@@ -430,7 +434,8 @@ mod tests {
             answers.contains("GET /two") && answers.starts_with("HTTP/1.1 200"),
             "{answers}"
         );
-        assert!(conn.park(far()), "parks again once idle");
+        assert!(turn(&mut conn).is_pending());
+        assert!(conn.park(), "parks again once idle");
     }
 
     #[tokio::test]
@@ -439,7 +444,7 @@ mod tests {
         let mut conn = builders().serve(server, echo(1000));
         client.write_all(GET_ONE).await.unwrap();
         assert!(turn(&mut conn).is_pending());
-        assert!(!conn.park(far()), "parked with the response half sent");
+        assert!(!conn.park(), "parked with the response half sent");
         assert!(matches!(conn, Connection::Http1 { .. }));
         let mut seen = Vec::new();
         let mut buf = [0; 64];
@@ -448,7 +453,7 @@ mod tests {
             seen.extend_from_slice(&buf[..n]);
             assert!(turn(&mut conn).is_pending());
         }
-        assert!(conn.park(far()), "the response went out whole");
+        assert!(conn.park(), "the response went out whole");
     }
 
     #[tokio::test]
@@ -456,7 +461,7 @@ mod tests {
         let (mut client, mut conn) = answered_once(builders()).await;
         client.write_all(b"GET /tw").await.unwrap();
         assert!(turn(&mut conn).is_pending());
-        assert!(!conn.park(far()), "parked with part of a request read");
+        assert!(!conn.park(), "parked with part of a request read");
         assert!(matches!(conn, Connection::Http1 { .. }));
         client
             .write_all(b"o HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -470,31 +475,59 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_parked_connection_closes_at_the_end_of_its_keep_alive_or_when_asked() {
+    #[tokio::test]
+    async fn a_timed_out_connection_closes_at_once_unless_a_response_is_still_going_out() {
+        // Parked: closed.
         let (mut client, mut conn) = answered_once(builders()).await;
-        assert!(conn.park(Instant::now() + Duration::from_secs(5)));
-        tokio::time::advance(Duration::from_millis(4999)).await;
-        assert!(turn(&mut conn).is_pending(), "closed before its time");
-        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(conn.park());
+        conn.time_out();
         assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
         drop(conn);
         assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0, "closed");
 
+        // Part of a head read: closed without an answer, as hyper's header-read timer did.
+        let (mut client, mut conn) = answered_once(builders()).await;
+        client.write_all(b"GET /tw").await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        conn.time_out();
+        assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
+        drop(conn);
+        assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0, "closed");
+
+        // A response half sent: it goes out whole, then the connection closes.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = builders().serve(server, echo(1000));
+        client.write_all(GET_ONE).await.unwrap();
+        assert!(turn(&mut conn).is_pending());
+        conn.time_out();
+        let mut seen = Vec::new();
+        let mut buf = [0; 64];
+        loop {
+            let finished = turn(&mut conn);
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf));
+            let n = read.await.expect("hyper wrote nothing more").unwrap();
+            if n == 0 {
+                assert!(matches!(finished, Poll::Ready(Ok(()))), "{finished:?}");
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(seen.ends_with(&[b'.'; 1000][..]), "cut short");
+    }
+
+    #[tokio::test]
+    async fn a_drain_closes_a_parked_connection_at_once() {
         let (_client, mut conn) = answered_once(builders()).await;
-        assert!(conn.park(far()));
+        assert!(conn.park());
         conn.graceful_shutdown();
-        assert!(
-            matches!(turn(&mut conn), Poll::Ready(Ok(()))),
-            "a drain closes it at once"
-        );
+        assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
     }
 
     #[tokio::test]
     async fn a_parked_connection_ends_when_its_client_closes() {
         let builders = builders();
         let (client, mut conn) = answered_once(builders).await;
-        assert!(conn.park(far()));
+        assert!(conn.park());
         drop(client);
         assert!(matches!(turn(&mut conn), Poll::Ready(Ok(()))));
         drop(conn);

@@ -92,6 +92,11 @@ impl Conn {
             .unwrap();
     }
 
+    /// The connection's socket, for writing from another thread.
+    pub fn writer(&self) -> TcpStream {
+        self.reader.get_ref().try_clone().unwrap()
+    }
+
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         self.reader

@@ -119,6 +119,71 @@ fn the_bare_example_and_its_single_process_baseline_serve_the_same_body() {
 }
 
 #[test]
+fn http1_heads_sent_too_slowly_are_cut_at_the_keepalive_timeout_and_slow_ones_in_time_answered() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    /// Writes `head` a piece at a time, one every 200 ms, then one more byte of a field every
+    /// 200 ms until the server closes the connection (or 20 s have passed).
+    fn trickle(mut socket: TcpStream, head: &'static [u8], unending: bool) {
+        let filler = std::iter::repeat_n(&[b'a'][..], if unending { 100 } else { 0 });
+        for piece in head.chunks(8).chain(filler) {
+            if socket.write_all(piece).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    /// When `conn` closed, without an answer, after `since`; it must within `within`.
+    fn closed_after(conn: &mut Conn, since: Instant, within: Duration) -> Duration {
+        assert!(conn.closed_within(within), "not closed, or answered");
+        since.elapsed()
+    }
+    const NEVER_ENDS: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+
+    let server = Server::builder(Bin::Demo, 1)
+        .args(&["--keepalive", "2s"])
+        .start();
+    // After an answer: the timeout runs from the answer, not from the head's last byte.
+    let mut used = Conn::connect(server.addr).unwrap();
+    assert_eq!(used.get("/").unwrap().status, 200);
+    let answered = Instant::now();
+    let writer = used.writer();
+    let used_trickle = thread::spawn(move || trickle(writer, NEVER_ENDS, true));
+    // As the connection's first request.
+    let mut fresh = Conn::connect(server.addr).unwrap();
+    let opened = Instant::now();
+    let writer = fresh.writer();
+    let fresh_trickle = thread::spawn(move || trickle(writer, NEVER_ENDS, true));
+    // Slow, but whole within the timeout: 31 bytes in four pieces over 0.8 s.
+    let mut slow = Conn::connect(server.addr).unwrap();
+    trickle(
+        slow.writer(),
+        b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n",
+        false,
+    );
+    let answer = slow
+        .read_response(false)
+        .expect("a slow head in time is answered");
+    assert_eq!(answer.status, 200);
+
+    let used_after = closed_after(&mut used, answered, Duration::from_secs(4));
+    let fresh_after = closed_after(&mut fresh, opened, Duration::from_secs(4));
+    for (what, after) in [("after an answer", used_after), ("first", fresh_after)] {
+        assert!(
+            after >= Duration::from_millis(1900),
+            "{what}: cut after {after:?}"
+        );
+    }
+    assert!(used_after < Duration::from_millis(2900), "{used_after:?}");
+    // A connection without a request is looked at every quarter of the timeout.
+    assert!(fresh_after < Duration::from_millis(3400), "{fresh_after:?}");
+    used_trickle.join().unwrap();
+    fresh_trickle.join().unwrap();
+}
+
+#[test]
 fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     use http_body_util::BodyExt;
     use std::time::Instant;
