@@ -60,11 +60,11 @@ type Files = ServeDir<DefaultServeDirFallback, CacheFirst>;
 /// The error is the root directory failing to open.
 pub fn static_files(config: &Config) -> io::Result<StaticFiles> {
     let backend = CacheFirst::new(&config.root, config.follow_symlinks, config.serve_hidden)?;
-    Ok(StaticFiles {
+    Ok(StaticFiles(Arc::new(Shared {
         files: serve_dir(backend.clone()),
         backend,
-        small: Arc::default(),
-    })
+        small: SmallFiles::default(),
+    })))
 }
 
 /// ServeDir as the static app serves with it, over `backend`.
@@ -81,10 +81,15 @@ fn serve_dir(backend: CacheFirst) -> Files {
 /// (see [`tidy`]), and small files answered from the worker's memory when they can be (see
 /// `small_files`). Clones share that memory.
 #[derive(Clone, Debug)]
-pub struct StaticFiles {
+pub struct StaticFiles(Arc<Shared>);
+
+/// What the clones of a [`StaticFiles`] share: one `Arc`, so that the clone made for every
+/// request costs no allocation (ServeDir's own clone copies its base path).
+#[derive(Debug)]
+struct Shared {
     files: Files,
     backend: CacheFirst,
-    small: Arc<SmallFiles>,
+    small: SmallFiles,
 }
 
 /// A response body: a small file's bytes from memory, what ServeDir sends, or a larger file
@@ -119,8 +124,10 @@ where
     type Error = Infallible;
     type Future = FileAnswer;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<B>>::poll_ready(&mut self.files, cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A clone of ServeDir answers each request that reaches it, and ServeDir without a
+        // fallback service is always ready.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -133,7 +140,8 @@ where
             return self.served_by_files(req, sender, None);
         };
         let now = Now::new();
-        match self.small.get(&key, &self.backend, now) {
+        let shared = &*self.0;
+        match shared.small.get(&key, &shared.backend, now) {
             Some(Hit::Answer(headers, body)) => {
                 let body = if req.method() == Method::HEAD {
                     Bytes::new()
@@ -142,9 +150,13 @@ where
                 };
                 return FileAnswer::Now(Some(from_memory(headers, body)));
             }
-            Some(Hit::Large(stat)) => return self.served_by_files(req, sender, Some((key, stat))),
+            Some(Hit::Large(stat)) => {
+                let key = key.into_owned();
+                return self.served_by_files(req, sender, Some((key, stat)));
+            }
             None => {}
         }
+        let key = key.into_owned();
         // Revalidations go to ServeDir: most are of small files, whose answers are not kept
         // for them, and a look at the path here would only add to ServeDir's. Ranges are
         // mostly asked of large files (media, downloads): their look finds one for the ranges
@@ -158,24 +170,24 @@ where
                 && !key.conditional
                 && !(key.negotiates && version.variants == Variants::Present)
         };
-        match Version::found(&self.backend, &key, now) {
+        match Version::found(&shared.backend, &key, now) {
             Some(Found::Large(stat)) => {
-                self.small.insert_large(&key, stat, now);
+                shared.small.insert_large(&key, stat, now);
                 self.served_by_files(req, sender, Some((key, stat)))
             }
             Some(Found::Small(version)) if keepable(&version) => {
-                let answer = self.files.call(req);
-                let (small, backend) = (Arc::clone(&self.small), self.backend.clone());
+                let answer = shared.files.clone().call(req);
+                let shared = Arc::clone(&self.0);
                 FileAnswer::Later(Box::pin(async move {
                     let version = if version.variants != Variants::Unknown {
                         version
                     } else {
-                        look_up_variants(&backend, &key).await;
+                        look_up_variants(&shared.backend, &key).await;
                         // Checked again once the file is read: a change now is seen then.
-                        Version::of(&backend, &key, Now::new()).unwrap_or(version)
+                        Version::of(&shared.backend, &key, Now::new()).unwrap_or(version)
                     };
                     let Ok(response) = answer.await;
-                    Ok(keep(response, key, version, &small, &backend).await)
+                    Ok(keep(response, key, version, &shared.small, &shared.backend).await)
                 }))
             }
             _ => self.served_by_files(req, sender, None),
@@ -192,15 +204,15 @@ impl StaticFiles {
         &mut self,
         req: Request<B>,
         sender: Option<FileSender>,
-        large: Option<(Key, Stat)>,
+        large: Option<(Key<'_>, Stat)>,
     ) -> FileAnswer {
         // A ServeDir of its own when it is to tell which file it opens for this request, or
         // be told what the path was found to be.
         let (answer, opened) = if sender.is_none() && large.is_none() {
-            (self.files.call(req), None)
+            (self.0.files.clone().call(req), None)
         } else {
-            let known = large.map(|(key, stat)| (key.rel, stat));
-            let (backend, opened) = self.backend.for_request(known);
+            let known = large.map(|(key, stat)| (key.rel(), stat));
+            let (backend, opened) = self.0.backend.for_request(known);
             (serve_dir(backend).call(req), Some(opened))
         };
         FileAnswer::Later(Box::pin(async move {
@@ -226,7 +238,7 @@ fn from_memory(headers: HeaderMap, body: Bytes) -> Response<FileBody> {
 /// Looks up the precompressed variants of `key`'s file on the blocking pool, so that whether
 /// they exist can be told from the kernel's caches from then on: the requests that follow
 /// answer from memory to clients that accept encodings too.
-async fn look_up_variants(backend: &CacheFirst, key: &Key) {
+async fn look_up_variants(backend: &CacheFirst, key: &Key<'_>) {
     let (backend, variants) = (backend.clone(), key.variants());
     // A panic in the task (none is expected) leaves the variants unknown, which is safe.
     let _ = tokio::task::spawn_blocking(move || {
@@ -240,7 +252,7 @@ async fn look_up_variants(backend: &CacheFirst, key: &Key) {
 /// as ServeDir answers a file that fails to open.
 async fn keep(
     response: Response<ServeFileSystemResponseBody>,
-    key: Key,
+    key: Key<'static>,
     version: Version,
     small: &SmallFiles,
     backend: &CacheFirst,

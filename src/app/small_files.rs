@@ -24,6 +24,7 @@
 //! by ServeDir, told what the path names so that it opens the file without looking the path up
 //! first. Such an entry is made by a plain `GET` or `HEAD`, or by a range request.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -97,11 +98,11 @@ pub enum Found {
     Large(Stat),
 }
 
-/// A request this cache may answer: its path, and the file that path names beneath the root.
+/// A request this cache may answer: its path, which names a file beneath the root. Borrowed
+/// from the request, so that a hit allocates nothing; owned ([`Key::into_owned`]) to outlive it.
 #[derive(Debug)]
-pub struct Key {
-    path: String,
-    pub(super) rel: PathBuf,
+pub struct Key<'a> {
+    path: Cow<'a, str>,
     /// Whether the request has `Accept-Encoding`: then it may only be answered from an entry
     /// of a file without precompressed variants.
     pub negotiates: bool,
@@ -110,9 +111,9 @@ pub struct Key {
     pub conditional: bool,
 }
 
-impl Key {
+impl<'a> Key<'a> {
     /// The key of `req`, or `None` when ServeDir must answer it (see the module's doc).
-    pub fn of<B>(req: &Request<B>) -> Option<Key> {
+    pub fn of<B>(req: &'a Request<B>) -> Option<Key<'a>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return None;
         }
@@ -131,23 +132,36 @@ impl Key {
         if !path.starts_with('/') || path.contains("/.") || !path.bytes().all(plain) {
             return None;
         }
-        let mut rel = PathBuf::from(&path[1..]);
-        // ServeDir serves a path ending in `/` by its directory's index.
-        if path.ends_with('/') {
-            rel.push(super::cache_first::INDEX);
-        }
         Some(Key {
-            path: path.to_string(),
-            rel,
+            path: Cow::Borrowed(path),
             negotiates: headers.contains_key(header::ACCEPT_ENCODING),
             conditional,
         })
     }
 
+    /// The key, its path copied out of the request.
+    pub fn into_owned(self) -> Key<'static> {
+        Key {
+            path: Cow::Owned(self.path.into_owned()),
+            ..self
+        }
+    }
+
+    /// The file the path names, relative to the root.
+    pub fn rel(&self) -> PathBuf {
+        let mut rel = PathBuf::from(&self.path[1..]);
+        // ServeDir serves a path ending in `/` by its directory's index.
+        if self.path.ends_with('/') {
+            rel.push(super::cache_first::INDEX);
+        }
+        rel
+    }
+
     /// The precompressed variants ServeDir would look for: `NAME.br` and `NAME.gz`.
     pub fn variants(&self) -> [PathBuf; 2] {
+        let rel = self.rel();
         [".br", ".gz"].map(|suffix| {
-            let mut variant = self.rel.as_os_str().to_os_string();
+            let mut variant = rel.as_os_str().to_os_string();
             variant.push(suffix);
             variant.into()
         })
@@ -186,8 +200,7 @@ impl Version {
     /// not one, is small but changed too recently to be kept, or the kernel would have to wait
     /// on storage to tell.
     pub fn found(files: &CacheFirst, key: &Key, now: Now) -> Option<Found> {
-        let rel = &key.rel;
-        let stat = files.current(rel)?.ok()?;
+        let stat = files.current(&key.rel())?.ok()?;
         if !stat.is_file() {
             return None;
         }
@@ -263,7 +276,7 @@ impl SmallFiles {
     /// is dropped; one of a large file that changed but is still large is renewed.
     pub fn get(&self, key: &Key, files: &CacheFirst, now: Now) -> Option<Hit> {
         let mut entries = self.lock();
-        let entry = entries.by_path.get_mut(&key.path)?;
+        let entry = entries.by_path.get_mut(key.path.as_ref())?;
         if key.conditional && entry.answer.is_some() {
             return None;
         }
@@ -297,7 +310,7 @@ impl SmallFiles {
             version: Version::large(stat),
             checked: now.instant,
         };
-        if let Some(old) = entries.by_path.insert(key.path.clone(), entry) {
+        if let Some(old) = entries.by_path.insert(key.path.to_string(), entry) {
             entries.bytes -= old.bytes();
         }
     }
@@ -318,7 +331,7 @@ impl SmallFiles {
             version,
             checked: now.instant,
         };
-        entries.by_path.insert(key.path, entry);
+        entries.by_path.insert(key.path.into_owned(), entry);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -367,8 +380,10 @@ mod tests {
 
     use super::*;
 
-    fn key(path: &str) -> Key {
-        Key::of(&Request::get(path).body(()).unwrap()).expect("a key")
+    fn key(path: &str) -> Key<'static> {
+        Key::of(&Request::get(path).body(()).unwrap())
+            .expect("a key")
+            .into_owned()
     }
 
     /// A time at which every file a test writes has settled: an hour from now.
@@ -394,7 +409,7 @@ mod tests {
             .iter()
             .for_each(|variant| files.look_up(variant));
         let version = Version::of(files, &key, now).expect("a small settled file");
-        let body = Bytes::from(fs::read(root.join(&key.rel)).unwrap());
+        let body = Bytes::from(fs::read(root.join(key.rel())).unwrap());
         let mut headers = HeaderMap::new();
         headers.insert(header::ETAG, path.parse().unwrap());
         cache.insert(key, version, headers, body, now);
@@ -592,7 +607,7 @@ mod tests {
             if let Some((name, value)) = header {
                 req = req.header(name, value);
             }
-            Key::of(&req.body(()).unwrap()).map(|key| key.rel)
+            Key::of(&req.body(()).unwrap()).map(|key| key.rel())
         };
         assert_eq!(keyed("GET", "/a/b.css", None), Some("a/b.css".into()));
         assert_eq!(
@@ -635,7 +650,7 @@ mod tests {
         cache.insert_large(&big, large(&files, &big, now), now);
         let ranged = |path: &str| {
             let req = Request::get(path).header("range", "bytes=0-1");
-            Key::of(&req.body(()).unwrap()).unwrap()
+            Key::of(&req.body(()).unwrap()).unwrap().into_owned()
         };
         assert!(cache.get(&ranged("/small"), &files, now).is_none());
         assert!(matches!(
