@@ -117,24 +117,22 @@ impl<'a> Key<'a> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return None;
         }
-        let headers = req.headers();
-        let conditional = [
-            header::RANGE,
-            header::IF_MATCH,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_RANGE,
-        ];
-        let conditional = conditional.iter().any(|name| headers.contains_key(name));
         let path = req.uri().path();
-        let plain = |b: u8| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b);
-        if !path.starts_with('/') || path.contains("/.") || !path.bytes().all(plain) {
+        if !path.starts_with('/') || !plain(path) {
             return None;
+        }
+        // One pass over the names: cheaper than a lookup (a hash) of each of the seven.
+        let (mut conditional, mut negotiates) = (false, false);
+        for name in req.headers().keys() {
+            if name == header::ACCEPT_ENCODING {
+                negotiates = true;
+            } else if CONDITIONAL.contains(name) {
+                conditional = true;
+            }
         }
         Some(Key {
             path: Cow::Borrowed(path),
-            negotiates: headers.contains_key(header::ACCEPT_ENCODING),
+            negotiates,
             conditional,
         })
     }
@@ -166,6 +164,28 @@ impl<'a> Key<'a> {
             variant.into()
         })
     }
+}
+
+/// The fields that make a request conditional, a range included (see [`Key::conditional`]).
+const CONDITIONAL: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Whether a path is only letters, digits and `/-_.~`, with no segment starting with a dot:
+/// one that cannot be read two ways, and names no hidden file.
+fn plain(path: &str) -> bool {
+    let mut segment_start = false;
+    path.bytes().all(|b| {
+        let allowed = b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~');
+        let hidden = segment_start && b == b'.';
+        segment_start = b == b'/';
+        allowed && !hidden
+    })
 }
 
 /// Which file a path names: its attributes, and whether it has precompressed variants.
@@ -616,7 +636,16 @@ mod tests {
         );
         assert_eq!(keyed("GET", "/", None), Some("index.html".into()));
         assert_eq!(keyed("GET", "/d/", None), Some("d/index.html".into()));
-        for path in ["/%61", "/.env", "/a/../b", "/.well-known/x", "/a+b", "/a:b"] {
+        assert_eq!(keyed("GET", "/a./b.", None), Some("a./b.".into()));
+        for path in [
+            "/%61",
+            "/.env",
+            "/a/.b",
+            "/a/../b",
+            "/.well-known/x",
+            "/a+b",
+            "/a:b",
+        ] {
             assert_eq!(keyed("GET", path, None), None, "{path}");
         }
         assert_eq!(keyed("POST", "/f", None), None);
@@ -633,10 +662,20 @@ mod tests {
             "if-none-match",
             "if-modified-since",
             "if-match",
+            "if-unmodified-since",
             "if-range",
         ] {
             assert_eq!(conditional(Some((name, "x"))), Some(true), "{name}");
         }
+        assert_eq!(conditional(Some(("accept-encoding", "gzip"))), Some(false));
+        let negotiates = |name: &str| {
+            let req = Request::get("/f")
+                .header("x-other", "1")
+                .header(name, "gzip");
+            Key::of(&req.body(()).unwrap()).map(|key| key.negotiates)
+        };
+        assert_eq!(negotiates("accept-encoding"), Some(true));
+        assert_eq!(negotiates("accept-language"), Some(false));
     }
 
     #[test]
