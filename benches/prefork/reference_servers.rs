@@ -150,7 +150,7 @@ pub fn start_nginx_tls(workers: usize, cert: &Path, key: &Path) -> Result<TlsRef
 }
 
 /// Where `kind` is installed, or why it cannot run.
-fn installed(kind: Kind) -> Result<PathBuf, String> {
+pub fn installed(kind: Kind) -> Result<PathBuf, String> {
     find(kind.name()).ok_or_else(|| {
         format!(
             "{} is not installed (apt-get install {})",
@@ -236,7 +236,7 @@ fn version(program: &Path) -> String {
 /// A port of 127.0.0.1 that nothing listens on: the kernel picks it for a socket closed at
 /// once. Another program could take it before the server binds it; the server would then fail
 /// to start, and the wait for its answer would say so.
-fn free_port() -> Result<SocketAddr, String> {
+pub fn free_port() -> Result<SocketAddr, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("a free port: {e}"))
@@ -344,7 +344,7 @@ http {{
 /// h2o serving `root` with `file.dir` on `workers` threads of one process, HTTP/1.1 and HTTP/2
 /// (by prior knowledge or upgrade) on one cleartext listener; no access log unless one is
 /// configured.
-fn h2o_config(workers: usize, root: &Path, http1: SocketAddr) -> String {
+pub fn h2o_config(workers: usize, root: &Path, http1: SocketAddr) -> String {
     let user = if nix::unistd::geteuid().is_root() {
         "user: root\n"
     } else {
