@@ -7,6 +7,7 @@ mod small_files;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -151,8 +152,8 @@ where
                 return FileAnswer::Now(Some(from_memory(headers, body)));
             }
             Some(Hit::Large(stat)) => {
-                let key = key.into_owned();
-                return self.served_by_files(req, sender, Some((key, stat)));
+                let rel = key.rel();
+                return self.served_by_files(req, sender, Some((rel, stat)));
             }
             None => {}
         }
@@ -173,7 +174,7 @@ where
         match Version::found(&shared.backend, &key, now) {
             Some(Found::Large(stat)) => {
                 shared.small.insert_large(&key, stat, now);
-                self.served_by_files(req, sender, Some((key, stat)))
+                self.served_by_files(req, sender, Some((key.rel(), stat)))
             }
             Some(Found::Small(version)) if keepable(&version) => {
                 let answer = shared.files.clone().call(req);
@@ -197,22 +198,21 @@ where
 
 impl StaticFiles {
     /// ServeDir's answer to `req`, its body sent by the kernel when `sender` allows and it is
-    /// large enough (see `sent_file`). `large`: the request's path names a large regular file,
-    /// with these attributes, found within [`REVALIDATE_AFTER`]; ServeDir then does not look
-    /// the path up before opening it.
+    /// large enough (see `sent_file`). `large`: the request's path names a large regular file
+    /// (this one, relative to the root) with these attributes, found within
+    /// [`REVALIDATE_AFTER`]; ServeDir then does not look the path up before opening it.
     fn served_by_files<B: Send + 'static>(
         &mut self,
         req: Request<B>,
         sender: Option<FileSender>,
-        large: Option<(Key<'_>, Stat)>,
+        large: Option<(PathBuf, Stat)>,
     ) -> FileAnswer {
         // A ServeDir of its own when it is to tell which file it opens for this request, or
         // be told what the path was found to be.
         let (answer, opened) = if sender.is_none() && large.is_none() {
             (self.0.files.clone().call(req), None)
         } else {
-            let known = large.map(|(key, stat)| (key.rel(), stat));
-            let (backend, opened) = self.0.backend.for_request(known);
+            let (backend, opened) = self.0.backend.for_request(large);
             (serve_dir(backend).call(req), Some(opened))
         };
         FileAnswer::Later(Box::pin(async move {
