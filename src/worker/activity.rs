@@ -331,8 +331,8 @@ mod tests {
         let after = idle_at - answered;
         // The coarse clock has a few milliseconds of resolution.
         assert!(after >= SHORT - Duration::from_millis(20), "{after:?}");
-        // At the limit: not a tick or a whole limit later.
-        assert!(after < SHORT + SHORT / 2, "{after:?}");
+        // At the limit, not a whole limit later (with room for a loaded machine).
+        assert!(after < SHORT * 7 / 4, "{after:?}");
     }
 
     #[test]
