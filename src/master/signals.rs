@@ -30,7 +30,8 @@ impl Signals {
         Ok(Self { fd })
     }
 
-    /// Every signal pending now, in arrival order.
+    /// Every signal pending now. The kernel hands out the pending ones lowest number first,
+    /// and one kind pending twice is one signal.
     pub(crate) fn pending(&mut self) -> Vec<Signal> {
         let mut out = Vec::new();
         while let Ok(Some(info)) = self.fd.read_signal() {
