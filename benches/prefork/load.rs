@@ -27,7 +27,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
-use crate::support::procfs::{Mem, cpu_time, mem, own_cpu_time, sockets};
+use crate::support::procfs::{Mem, cpu_time, machine_busy, mem, own_cpu_time, sockets};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -94,6 +94,9 @@ pub struct Stats {
     pub client_cpu: Duration,
     /// CPU time of the server's processes during the measurement.
     pub server_cpu: Duration,
+    /// Busy time of all the machine's CPUs during the measurement, the kernel's interrupt work
+    /// included.
+    pub machine_cpu: Duration,
     /// Highest memory of each server process seen during the measurement.
     pub peak_mem: Vec<(Pid, Mem)>,
     /// Connections each server process held when the measurement began (sockets open then,
@@ -118,6 +121,14 @@ impl Stats {
     /// system): what a request costs the server, steadier than requests/s on a shared machine.
     pub fn per_cpu_sec(&self) -> f64 {
         self.requests as f64 / self.server_cpu.as_secs_f64().max(1e-9)
+    }
+
+    /// Requests per second of busy CPU time of the whole machine: client, server and the
+    /// kernel's interrupt work, which no process is charged with. Where a transfer's TCP work
+    /// lands (in the server's system calls or in a softirq) differs between servers; this
+    /// counts it wherever it lands.
+    pub fn per_machine_cpu_sec(&self) -> f64 {
+        self.requests as f64 / self.machine_cpu.as_secs_f64().max(1e-9)
     }
 
     /// CPU cores busy on average: client, server.
@@ -298,6 +309,7 @@ pub fn run(threads: usize, spec: &Spec) -> Stats {
         elapsed: spec.duration,
         client_cpu: sampled.client_cpu,
         server_cpu: sampled.server_cpu,
+        machine_cpu: sampled.machine_cpu,
         peak_mem: sampled.peak_mem,
         conns_held,
         ..Stats::default()
@@ -415,6 +427,7 @@ fn held(pids: &[Pid], during: &[usize], before: &[usize]) -> Vec<(Pid, usize)> {
 struct Sampled {
     client_cpu: Duration,
     server_cpu: Duration,
+    machine_cpu: Duration,
     peak_mem: Vec<(Pid, Mem)>,
     /// Sockets open in each server process as the window began.
     sockets: Vec<usize>,
@@ -432,7 +445,7 @@ fn sample(pids: &[Pid], window: Window, stop: &AtomicBool) -> Sampled {
         }
     };
     sleep_until(window.from);
-    let (client0, server0) = (own_cpu_time(), server_cpu());
+    let (client0, server0, machine0) = (own_cpu_time(), server_cpu(), machine_busy());
     let open: Vec<usize> = pids.iter().map(|&p| sockets(p)).collect();
     // Memory every 100 ms (reading smaps_rollup costs the server a little; not more often).
     while Instant::now() < window.until && !stop.load(Ordering::Relaxed) {
@@ -443,10 +456,11 @@ fn sample(pids: &[Pid], window: Window, stop: &AtomicBool) -> Sampled {
         }
         sleep_until((Instant::now() + Duration::from_millis(100)).min(window.until));
     }
-    let (client1, server1) = (own_cpu_time(), server_cpu());
+    let (client1, server1, machine1) = (own_cpu_time(), server_cpu(), machine_busy());
     Sampled {
         client_cpu: client1.saturating_sub(client0),
         server_cpu: server1.saturating_sub(server0),
+        machine_cpu: machine1.saturating_sub(machine0),
         peak_mem: peak,
         sockets: open,
     }
@@ -675,6 +689,7 @@ fn h2load(threads: usize, spec: &Spec) -> Stats {
         elapsed: spec.duration,
         client_cpu,
         server_cpu: sampled.server_cpu,
+        machine_cpu: sampled.machine_cpu,
         peak_mem: sampled.peak_mem,
         conns_held,
         ..Stats::default()
@@ -735,7 +750,7 @@ fn wrk(threads: usize, spec: &Spec) -> Stats {
         invoke(spec.warmup);
     }
     let server_cpu = || spec.server.iter().map(|&p| cpu_time(p)).sum::<Duration>();
-    let server0 = server_cpu();
+    let (server0, machine0) = (server_cpu(), machine_busy());
     // Memory and connections held are sampled from shortly after wrk has connected.
     let start = Instant::now();
     let window = Window {
@@ -746,10 +761,12 @@ fn wrk(threads: usize, spec: &Spec) -> Stats {
     let (out, client_cpu) = invoke(spec.duration);
     let (sampled, conns_held) = sampler.finish();
     let server_cpu = server_cpu().saturating_sub(server0);
+    let machine_cpu = machine_busy().saturating_sub(machine0);
     let mut stats = Stats {
         elapsed: spec.duration,
         client_cpu,
         server_cpu,
+        machine_cpu,
         peak_mem: sampled.peak_mem,
         conns_held,
         ..Stats::default()

@@ -46,7 +46,8 @@ fn conns(b: &Bench, mode: Mode) -> usize {
 }
 
 /// Requests/s and requests per CPU-second of the server, with `at_least` as the target of
-/// both ratios when given; the failed requests; the per-round ratios in a note.
+/// both ratios when given; requests per busy CPU-second of the whole machine, without a target;
+/// the failed requests; the per-round ratios in a note.
 pub fn rows(table: &mut Table, label: &str, pairs: &[Pair], at_least: Option<f64>) {
     table.row(compare(
         format!("{label}: requests/s"),
@@ -62,11 +63,19 @@ pub fn rows(table: &mut Table, label: &str, pairs: &[Pair], at_least: Option<f64
         rate,
         at_least,
     ));
+    table.row(compare(
+        format!("{label}: requests/machine-CPU-s"),
+        pairs,
+        Stats::per_machine_cpu_sec,
+        rate,
+        None,
+    ));
     table.rows.extend(errors_row(label, pairs));
     table.note(format!(
-        "{label}: ratio per round, requests/s {}; per CPU-second {}",
+        "{label}: ratio per round, requests/s {}; per CPU-second {}; per machine CPU-second {}",
         ratios(&per_round(pairs, Stats::rps)),
         ratios(&per_round(pairs, Stats::per_cpu_sec)),
+        ratios(&per_round(pairs, Stats::per_machine_cpu_sec)),
     ));
 }
 
@@ -123,6 +132,12 @@ fn static_files(b: &Bench, modes: &[Mode]) -> Table {
     table.note(
         "requests/CPU-s: requests per second of CPU time (user + system) of all the server's \
          processes, read from /proc over the measured window; higher is better",
+    );
+    table.note(
+        "requests/machine-CPU-s: requests per second of busy CPU time of the whole machine \
+         (/proc/stat), the load generator's and the kernel's softirq work included, which no \
+         process is charged with; on loopback a large file's TCP work lands there or in the \
+         server's system calls depending on the server (docs/performance.md)",
     );
     table
 }
