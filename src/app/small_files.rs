@@ -338,10 +338,21 @@ impl SmallFiles {
     /// Keeps ServeDir's answer to `key` (`headers`, the whole `body`), read while the path named
     /// `version`, to which the caller found it unchanged afterwards. Older entries make room
     /// when the bounds would be passed.
-    pub fn insert(&self, key: Key, version: Version, headers: HeaderMap, body: Bytes, now: Now) {
+    pub fn insert(
+        &self,
+        key: Key,
+        version: Version,
+        mut headers: HeaderMap,
+        body: Bytes,
+        now: Now,
+    ) {
         if body.len() as u64 != version.len() || body.len() > BYTES_MAX {
             return;
         }
+        // Room for the `date` field hyper adds over HTTP/2. A clone keeps the size of the
+        // map's table, so each answer's insert then fits; with six fields the table was full
+        // and every answer rebuilt it (about 1 500 instructions per request).
+        headers.reserve(1);
         let mut entries = self.lock();
         entries.remove(&key.path);
         entries.make_room(body.len());
