@@ -136,6 +136,10 @@ impl<IO: AsyncWrite + Unpin> Batched<IO> {
     /// Gives the emptied buffer back for the next batch, so that an idle connection holds
     /// none.
     fn release(&mut self) {
+        // A connection that held nothing has no buffer, and must not displace the spare.
+        if self.held.capacity() == 0 {
+            return;
+        }
         let mut buffer = std::mem::take(&mut self.held);
         buffer.clear();
         SPARE.set(buffer);
@@ -408,6 +412,14 @@ mod tests {
         );
         assert!(Pin::new(&mut other).poll_flush(&mut cx).is_ready());
         assert_eq!(second.calls(), vec![b"next".to_vec()]);
+
+        // Shutting down a connection that holds nothing leaves the spare where it is.
+        assert!(Pin::new(&mut one).poll_shutdown(&mut cx).is_ready());
+        let mut third = Batched::new(Recorder::default());
+        let hold = HoldGuard::on();
+        assert!(Pin::new(&mut third).poll_write(&mut cx, b"last").is_ready());
+        drop(hold);
+        assert!(third.held.capacity() >= 3000, "the spare is still there");
     }
 
     #[test]
